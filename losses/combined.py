@@ -1,0 +1,70 @@
+"""Combined soft Dice + cross-entropy losses (nnU-Net style 0.7/0.3, standard 0.5/0.5).
+
+Both are MONAI's :class:`~monai.losses.DiceCELoss` with settings chosen like nnU-Net's default
+``DC_and_CE_loss``: softmax over the logits, one-hot target, the soft Dice term computed over the
+foreground classes only (``include_background=False``, nnU-Net's ``do_bg=False``) and pooled over
+the batch (``batch=True``, nnU-Net's ``batch_dice``), smoothing 1e-5; cross-entropy over all
+classes, averaged over voxels. The Dice term is ``1 - Dice`` so a perfect prediction gives ~0.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+
+# kind -> (Dice weight, cross-entropy weight)
+LOSS_WEIGHTS: dict[str, tuple[float, float]] = {
+    "nnunet": (0.7, 0.3),
+    "standard": (0.5, 0.5),
+}
+
+
+class CombinedDiceCELoss(nn.Module):
+    """``dice_weight * (1 - soft Dice over foreground) + ce_weight * cross-entropy``.
+
+    ``forward(logits, target)``: logits float (B, C, *spatial); target integer class indices
+    (B, *spatial) (a (B, 1, *spatial) target is accepted too). Returns a scalar.
+    """
+
+    def __init__(self, dice_weight: float, ce_weight: float) -> None:
+        super().__init__()
+        if dice_weight < 0 or ce_weight < 0 or dice_weight + ce_weight == 0:
+            raise ValueError(f"loss weights must be >= 0 and not both 0, got dice {dice_weight}, ce {ce_weight}")
+        self.dice_weight = dice_weight
+        self.ce_weight = ce_weight
+        self.loss = DiceCELoss(
+            include_background=False,
+            to_onehot_y=True,
+            softmax=True,
+            batch=True,
+            lambda_dice=dice_weight,
+            lambda_ce=ce_weight,
+        )
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.ndim < 3:
+            raise ValueError(f"logits must be (B, C, *spatial), got shape {tuple(logits.shape)}")
+        spatial = (logits.shape[0], *logits.shape[2:])
+        if tuple(target.shape) == spatial:
+            target = target.unsqueeze(1)
+        elif tuple(target.shape) != (logits.shape[0], 1, *logits.shape[2:]):
+            raise ValueError(
+                f"target must be class indices of shape (B, *spatial) = {spatial} for logits "
+                f"{tuple(logits.shape)}, got {tuple(target.shape)}"
+            )
+        if target.is_floating_point():
+            raise ValueError(f"target must hold integer class indices (int64), got dtype {target.dtype}")
+        return self.loss(logits, target)
+
+    def extra_repr(self) -> str:
+        return f"dice_weight={self.dice_weight}, ce_weight={self.ce_weight}"
+
+
+def make_loss(kind: str = "nnunet") -> nn.Module:
+    """The training loss of the suite: ``"nnunet"`` = 0.7 Dice + 0.3 CE (default),
+    ``"standard"`` = 0.5 Dice + 0.5 CE (see :class:`CombinedDiceCELoss`)."""
+    if kind not in LOSS_WEIGHTS:
+        raise ValueError(f"unknown loss kind {kind!r}; valid kinds: {', '.join(LOSS_WEIGHTS)}")
+    dice_weight, ce_weight = LOSS_WEIGHTS[kind]
+    return CombinedDiceCELoss(dice_weight, ce_weight)

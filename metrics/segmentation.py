@@ -1,0 +1,300 @@
+"""Evaluation metrics on label maps: BraTS region Dice and HD95, precision/recall, confusion matrix.
+
+All functions are pure and take numpy arrays or torch tensors (moved to the CPU), 2D or 3D.
+Model classes are 0 background, 1 NCR/NET, 2 ED, 3 ET; the BraTS regions are
+WT = {1, 2, 3}, TC = {1, 3} and ET = {3} (see :data:`REGIONS`).
+
+Empty-mask conventions (BraTS challenge): both masks empty -> Dice 1, HD95 0; exactly one
+empty -> Dice 0, HD95 :data:`HD95_EMPTY` (373.13 mm, the diagonal of the 240x240x155 BraTS
+volume at 1 mm).
+
+HD95 is defined exactly like MONAI's ``compute_hausdorff_distance(y_pred, y, percentile=95,
+spacing=spacing)`` with its default settings: the surface of a mask is ``mask XOR
+binary_erosion(mask)`` (scipy's default cross-shaped structuring element, outside of the image
+counted as background); the distances from each surface voxel of one mask to the nearest
+surface voxel of the other are measured in physical units; the result is the larger of the two
+directed 95th percentiles (linear interpolation, as ``torch.quantile``). It is computed faster
+than MONAI by cropping both masks to the bounding box of their union (plus a 1-voxel margin)
+and running one exact Euclidean distance transform per direction on that small crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+NUM_CLASSES = 4
+HD95_EMPTY = 373.13
+REGIONS: dict[str, tuple[int, ...]] = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
+REGION_METRIC_KEYS: tuple[str, ...] = tuple(
+    f"{metric}_{region}" for metric in ("dice", "hd95") for region in REGIONS
+)
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
+    """Return ``x`` as a numpy array (a CPU copy for tensors, no copy for arrays)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise ValueError(f"{name} must be a numpy array or a torch tensor, got {type(x).__name__}")
+
+
+def _check_pair(pred: np.ndarray, target: np.ndarray, what: str) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target must have the same shape, got {pred.shape} and {target.shape}")
+    if pred.ndim not in (2, 3):
+        raise ValueError(f"{what} must be 2D (Y, X) or 3D (Z, Y, X), got {pred.ndim} dimensions {pred.shape}")
+
+
+def _check_labels(label_map: np.ndarray, name: str, num_classes: int) -> None:
+    """Raise ValueError unless ``label_map`` is an integer map with values in ``0..num_classes-1``."""
+    if not (np.issubdtype(label_map.dtype, np.integer) or label_map.dtype == np.bool_):
+        raise ValueError(
+            f"{name} must be an integer label map (model classes 0..{num_classes - 1}), got dtype "
+            f"{label_map.dtype}; take the argmax of the logits and cast to an integer type first"
+        )
+    if label_map.size and (label_map.min() < 0 or label_map.max() >= num_classes):
+        raise ValueError(
+            f"{name} has labels outside 0..{num_classes - 1} (min {label_map.min()}, max {label_map.max()}); "
+            "expected model classes (BraTS label 4 must be mapped to class 3)"
+        )
+
+
+def _label_pair(pred: ArrayLike, target: ArrayLike, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate two label maps and return them as numpy arrays."""
+    pred_np, target_np = _as_numpy(pred, "pred"), _as_numpy(target, "target")
+    _check_pair(pred_np, target_np, "label maps")
+    _check_labels(pred_np, "pred", num_classes)
+    _check_labels(target_np, "target", num_classes)
+    return pred_np, target_np
+
+
+def _mask_pair(pred_mask: ArrayLike, target_mask: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Return two validated binary masks as numpy bool arrays (non-zero = inside)."""
+    pred_np, target_np = _as_numpy(pred_mask, "pred_mask"), _as_numpy(target_mask, "target_mask")
+    _check_pair(pred_np, target_np, "masks")
+    return pred_np.astype(bool, copy=False), target_np.astype(bool, copy=False)
+
+
+def _spacing_for(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...]:
+    """Normalise ``spacing`` to ``ndim`` positive values.
+
+    ``None`` means 1 per axis. A 2D array accepts 2 values (Y, X) or 3 (Z, Y, X, of the volume
+    the slice was taken from: the last two are used), like ``--patch_size`` in 2D.
+    """
+    if spacing is None:
+        return (1.0,) * ndim
+    values = tuple(float(s) for s in spacing)
+    if ndim == 2 and len(values) == 3:
+        values = values[1:]
+    if len(values) != ndim:
+        raise ValueError(
+            f"spacing must have one value per axis ({ndim} for a {ndim}D array"
+            f"{'; 2 or 3 in 2D' if ndim == 2 else ''}), got {len(values)}: {tuple(spacing)}"
+        )
+    if not all(np.isfinite(s) and s > 0 for s in values):
+        raise ValueError(f"spacing values must be finite and positive, got {values}")
+    return values
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Slices of the smallest box holding every non-zero voxel of ``mask``, grown by ``margin``
+    voxels per side and clipped to the array; None for an empty mask."""
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=others))
+        if hits.size == 0:
+            return None
+        box.append(slice(max(int(hits[0]) - margin, 0), min(int(hits[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Surface voxels of a binary mask, the MONAI way (mask XOR its erosion)."""
+    return mask ^ ndimage.binary_erosion(mask)
+
+
+def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Physical distance from every voxel of ``from_surface`` to the nearest voxel of ``to_surface``."""
+    distance_map = ndimage.distance_transform_edt(~to_surface, sampling=spacing)
+    return distance_map[from_surface]
+
+
+def dice_coefficient(pred_mask: ArrayLike, target_mask: ArrayLike) -> float:
+    """Dice ``2|A∩B| / (|A| + |B|)`` of two binary masks (non-zero = inside).
+
+    Both masks empty -> 1.0; exactly one empty -> 0.0 (BraTS convention).
+    """
+    pred_np, target_np = _mask_pair(pred_mask, target_mask)
+    return _dice(pred_np, target_np)
+
+
+def _dice(pred: np.ndarray, target: np.ndarray) -> float:
+    total = int(np.count_nonzero(pred)) + int(np.count_nonzero(target))
+    if total == 0:
+        return 1.0
+    return 2.0 * int(np.count_nonzero(pred & target)) / total
+
+
+def hd95(pred_mask: ArrayLike, target_mask: ArrayLike, spacing: Sequence[float] | None = None) -> float:
+    """Symmetric 95th-percentile Hausdorff distance of two binary masks, in physical units.
+
+    Equals MONAI's ``compute_hausdorff_distance(..., percentile=95, spacing=spacing)`` on the
+    same masks (see the module docstring for the definition), computed on the bounding box of
+    the union of both masks plus a 1-voxel margin.
+
+    Args:
+        pred_mask: binary mask (non-zero = inside), 2D or 3D.
+        target_mask: binary mask of the same shape.
+        spacing: voxel size per axis (``len == ndim``; in 2D 3 values are accepted and the last
+            two used); None means 1 per axis.
+
+    Returns:
+        The distance; 0.0 when both masks are empty, :data:`HD95_EMPTY` when exactly one is.
+    """
+    pred_np, target_np = _mask_pair(pred_mask, target_mask)
+    return _hd95(pred_np, target_np, _spacing_for(spacing, pred_np.ndim))
+
+
+def _hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...]) -> float:
+    box = bounding_box(pred | target, margin=1)
+    if box is None:
+        return 0.0
+    pred, target = pred[box], target[box]
+    if not pred.any() or not target.any():
+        return HD95_EMPTY
+    pred_surface, target_surface = _surface(pred), _surface(target)
+    directed = (
+        _directed_distances(pred_surface, target_surface, spacing),
+        _directed_distances(target_surface, pred_surface, spacing),
+    )
+    return float(max(np.percentile(d, 95) for d in directed))
+
+
+def region_mask(label_map: np.ndarray, region: str) -> np.ndarray:
+    """Binary mask of a BraTS region (``"wt"``, ``"tc"`` or ``"et"``) of a label map."""
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; expected one of {tuple(REGIONS)}")
+    classes = REGIONS[region]
+    if classes == (1, 2, 3):
+        return label_map > 0
+    return np.isin(label_map, classes)
+
+
+def brats_region_metrics(
+    pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+) -> dict[str, float]:
+    """Dice and HD95 of the BraTS regions WT, TC and ET for one case.
+
+    Args:
+        pred: predicted label map, integer model classes 0..3, shape (Z, Y, X) or (Y, X);
+            numpy array or torch tensor.
+        target: ground-truth label map, same shape and classes.
+        spacing: voxel size per axis in mm (Z, Y, X). For 2D input 2 values (Y, X), or 3 of
+            which the last two are used.
+
+    Returns:
+        ``{"dice_wt", "dice_tc", "dice_et", "hd95_wt", "hd95_tc", "hd95_et"}`` as Python floats,
+        with the BraTS empty-mask conventions (module docstring). The mean of the three Dice
+        values is not included: use :func:`add_dice_mean` or :func:`mean_metrics`.
+
+    Raises:
+        ValueError: different shapes, not 2D/3D, non-integer dtype, labels outside 0..3, bad spacing.
+    """
+    pred_np, target_np = _label_pair(pred, target, NUM_CLASSES)
+    voxel_spacing = _spacing_for(spacing, pred_np.ndim)
+    # Every region lies inside the whole tumour: crop both maps once to the WT union, so the
+    # per-region masks below are built on a small array instead of the full volume.
+    box = bounding_box((pred_np > 0) | (target_np > 0), margin=1)
+    if box is not None:
+        pred_np, target_np = pred_np[box], target_np[box]
+    metrics: dict[str, float] = {}
+    for region in REGIONS:
+        pred_region, target_region = region_mask(pred_np, region), region_mask(target_np, region)
+        metrics[f"dice_{region}"] = _dice(pred_region, target_region)
+        metrics[f"hd95_{region}"] = _hd95(pred_region, target_region, voxel_spacing)
+    return {key: metrics[key] for key in REGION_METRIC_KEYS}
+
+
+def add_dice_mean(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Copy of ``metrics`` with ``dice_mean`` = mean of ``dice_wt``, ``dice_tc``, ``dice_et``."""
+    missing = [f"dice_{r}" for r in REGIONS if f"dice_{r}" not in metrics]
+    if missing:
+        raise ValueError(f"metrics lack {missing}; expected the keys of brats_region_metrics()")
+    out = dict(metrics)
+    out["dice_mean"] = float(np.mean([metrics[f"dice_{r}"] for r in REGIONS]))
+    return out
+
+
+def mean_metrics(per_case: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Mean of every key over per-case metric dicts (the suite's per-case-mean convention).
+
+    All dicts must have the same keys. When the three region Dice keys are present,
+    ``dice_mean`` (the mean of the per-case ``dice_mean``, equal to the mean of the three
+    averaged region Dice values) is added.
+    """
+    if len(per_case) == 0:
+        raise ValueError("mean_metrics needs at least one per-case metric dict, got none")
+    keys = list(per_case[0])
+    for i, row in enumerate(per_case):
+        if set(row) != set(keys):
+            raise ValueError(f"per-case dict {i} has keys {sorted(row)}, expected {sorted(keys)}")
+    means = {key: float(np.mean([row[key] for row in per_case])) for key in keys}
+    if all(f"dice_{r}" in means for r in REGIONS) and "dice_mean" not in means:
+        means = add_dice_mean(means)
+    return means
+
+
+def confusion_matrix(pred: ArrayLike, target: ArrayLike, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Voxel confusion matrix, int64 of shape (num_classes, num_classes): rows = target class,
+    columns = predicted class."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    pred_np, target_np = _as_numpy(pred, "pred"), _as_numpy(target, "target")
+    if pred_np.shape != target_np.shape:
+        raise ValueError(f"pred and target must have the same shape, got {pred_np.shape} and {target_np.shape}")
+    _check_labels(pred_np, "pred", num_classes)
+    _check_labels(target_np, "target", num_classes)
+    flat = target_np.reshape(-1).astype(np.int64) * num_classes + pred_np.reshape(-1)
+    return np.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def _safe_ratio(numerator: np.ndarray, denominator: np.ndarray, other_total: np.ndarray) -> np.ndarray:
+    """numerator / denominator; where the denominator is 0: 1.0 if ``other_total`` is 0 too
+    (the class is absent from both maps), else 0.0."""
+    ratio = np.divide(numerator, denominator, out=np.zeros(len(numerator)), where=denominator > 0)
+    ratio[(denominator == 0) & (other_total == 0)] = 1.0
+    return ratio
+
+
+def precision_recall(pred: ArrayLike, target: ArrayLike, num_classes: int = NUM_CLASSES) -> dict[str, float]:
+    """Per-class voxel precision and recall.
+
+    precision_k = TP / (TP + FP), recall_k = TP / (TP + FN). Where a ratio is undefined (0/0):
+    the class is absent from both maps -> 1.0 (nothing to find, nothing wrongly found); the
+    class is predicted but absent from the target (recall) or present in the target but never
+    predicted (precision) -> 0.0, like the Dice convention for one empty mask.
+
+    Returns:
+        ``precision_c{k}`` and ``recall_c{k}`` for k in 0..num_classes-1, plus
+        ``precision_mean`` and ``recall_mean`` = mean over classes 1.. (background excluded).
+    """
+    matrix = confusion_matrix(pred, target, num_classes)
+    true_positive = np.diag(matrix).astype(np.float64)
+    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = _safe_ratio(true_positive, predicted, actual)
+    recall = _safe_ratio(true_positive, actual, predicted)
+    out: dict[str, float] = {}
+    for k in range(num_classes):
+        out[f"precision_c{k}"] = float(precision[k])
+        out[f"recall_c{k}"] = float(recall[k])
+    out["precision_mean"] = float(precision[1:].mean())
+    out["recall_mean"] = float(recall[1:].mean())
+    return out
