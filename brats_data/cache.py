@@ -1,0 +1,234 @@
+"""Preprocessed per-case cache: normalised float16 volumes cropped to brain + tumour, memory-mapped.
+
+Layout: ``{cache_dir}/{case_id}/image.npy`` (float16, (4, Z, Y, X), canonical modalities),
+``label.npy`` (uint8 model classes), ``fg.npy`` (int32 (N, 3) coordinates of label > 0 voxels in the
+crop, at most ``MAX_FOREGROUND_POINTS`` evenly subsampled) and ``meta.json``.  A case is rebuilt when
+its key changes: a hash of the source paths, sizes and mtimes, the preprocessing parameters and
+``CACHE_VERSION``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .cases import CLIP_PERCENTILES, BadCaseError, CaseRecord, normalize_modality, read_case, validate_case
+from .locking import file_lock
+
+CACHE_VERSION = 1
+MAX_FOREGROUND_POINTS = 100_000
+PREPROCESSING = {
+    "clip_percentiles": list(CLIP_PERCENTILES),
+    "image_dtype": "float16",
+    "crop": "bbox(any modality != 0 or label > 0)",
+    "max_foreground_points": MAX_FOREGROUND_POINTS,
+}
+FILES = ("image.npy", "label.npy", "fg.npy", "meta.json")
+
+
+def case_key(case: CaseRecord) -> str:
+    """Hash of the case's source files (path, size, mtime), the preprocessing and ``CACHE_VERSION``."""
+    sources = []
+    for path in case.files():
+        try:
+            stat = path.stat()
+            sources.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+        except OSError:
+            sources.append([str(path), None, None])
+    payload = {"version": CACHE_VERSION, "layout": case.layout, "sources": sources, "preprocessing": PREPROCESSING}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def crop_box(image: np.ndarray, label: np.ndarray) -> tuple[slice, slice, slice]:
+    """Bounding box of (any channel of ``image`` non-zero) or (``label`` > 0); the whole volume if empty."""
+    mask = (image != 0).any(axis=0) | (label > 0)
+    if not mask.any():
+        return tuple(slice(0, s) for s in label.shape)
+    box = []
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _subsample(points: np.ndarray, limit: int) -> np.ndarray:
+    if len(points) <= limit:
+        return points
+    return points[np.linspace(0, len(points) - 1, limit).round().astype(np.int64)]
+
+
+def build_case(case: CaseRecord, cache_dir: str | Path) -> None:
+    """Preprocess one case into ``{cache_dir}/{case_id}`` (temporary folder, then atomic rename).
+
+    Raises:
+        BadCaseError: the case's data are missing, unreadable or invalid.
+    """
+    cache_dir = Path(cache_dir)
+    key = case_key(case)
+    raw = read_case(case)
+    box = crop_box(raw.image, raw.label)
+    image = np.stack([normalize_modality(volume[box]) for volume in raw.image]).astype(np.float16)
+    label = np.ascontiguousarray(raw.label[box])
+    foreground = _subsample(np.argwhere(label > 0).astype(np.int32), MAX_FOREGROUND_POINTS)
+    meta = {
+        "case_id": case.case_id,
+        "key": key,
+        "layout": case.layout,
+        "spacing": list(raw.spacing),
+        "original_shape": list(raw.label.shape),
+        "bbox": [[b.start, b.stop] for b in box],
+        "affine": raw.affine.tolist(),
+        "source_files": {name: str(p) for name, p in zip((*case.image_paths, "seg"), case.files())},
+        "n_foreground": int((label > 0).sum()),
+        "cache_version": CACHE_VERSION,
+    }
+    tmp = cache_dir / f".tmp-{case.case_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        np.save(tmp / "image.npy", image)
+        np.save(tmp / "label.npy", label)
+        np.save(tmp / "fg.npy", foreground)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        final = cache_dir / case.case_id
+        if final.exists():  # stale: move aside, then swap in the new folder
+            old = cache_dir / f".old-{case.case_id}-{uuid.uuid4().hex[:8]}"
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_worker(case: CaseRecord, cache_dir: str) -> BadCaseError | None:
+    try:
+        build_case(case, cache_dir)
+    except BadCaseError as exc:
+        return exc
+    return None
+
+
+class PreprocessedCache:
+    """Per-case preprocessed arrays under ``cache_dir``, memory-mapped on access.
+
+    Args:
+        cache_dir: folder holding one sub-folder per case (created if needed).
+        cases: the cases this cache serves (``discover_cases`` output).
+    """
+
+    def __init__(self, cache_dir: str | Path, cases: Sequence[CaseRecord]):
+        self.cache_dir = Path(cache_dir)
+        self.cases = {c.case_id: c for c in sorted(cases, key=lambda c: c.case_id)}
+        if len(self.cases) != len(cases):
+            raise ValueError("cases contain duplicate case ids")
+        self.errors: list[BadCaseError] = []
+        self.built_case_ids: list[str] = []  # cases (re)built by the last build() of this object
+
+    @property
+    def case_ids(self) -> list[str]:
+        """Sorted ids of the usable cases (those that failed the last ``build`` are excluded)."""
+        bad = {e.case_id for e in self.errors}
+        return [c for c in self.cases if c not in bad]
+
+    def case_dir(self, case_id: str) -> Path:
+        return self.cache_dir / case_id
+
+    def is_fresh(self, case_id: str) -> bool:
+        """Whether the cached folder exists and was built from the current sources and parameters."""
+        folder = self.case_dir(case_id)
+        try:
+            meta = json.loads((folder / "meta.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return meta.get("key") == case_key(self.cases[case_id]) and all((folder / f).is_file() for f in FILES)
+
+    def build(self, num_workers: int = 1, progress: bool = True, skip_bad_cases: bool = False) -> list[BadCaseError]:
+        """Build every missing or stale case; idempotent and safe when several processes call it.
+
+        The whole build holds an exclusive lock on ``{cache_dir}/.lock``; cases are written to a
+        temporary folder and renamed into place, so a finished case is never rewritten by a second
+        process (it finds the case fresh once it gets the lock).  First every stale case gets the
+        cheap header checks (:func:`validate_case`), in sorted order; then the remaining stale cases
+        are built (over ``num_workers`` processes when > 1), which also checks the voxel data.
+
+        Returns:
+            The errors of the bad cases (empty when all are good); those cases are excluded from
+            :attr:`case_ids`.
+
+        Raises:
+            BadCaseError: without ``skip_bad_cases``, the first bad case in sorted order: a header
+                error is raised before anything is built; a data error after all other stale cases
+                have been built (so a rerun after fixing it only builds that case).
+        """
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        errors: dict[str, BadCaseError] = {}
+        with file_lock(self.cache_dir / ".lock"):
+            stale = [cid for cid in self.cases if not self.is_fresh(cid)]
+            for cid in stale:
+                try:
+                    validate_case(self.cases[cid])
+                except BadCaseError as exc:
+                    if not skip_bad_cases:
+                        raise
+                    errors[cid] = exc
+            todo = [cid for cid in stale if cid not in errors]
+            bar = tqdm(total=len(todo), desc="preprocessing cases", unit="case", disable=not progress or not todo)
+            if num_workers > 1 and len(todo) > 1:
+                with ProcessPoolExecutor(max_workers=min(num_workers, len(todo))) as pool:
+                    futures = {cid: pool.submit(_build_worker, self.cases[cid], str(self.cache_dir)) for cid in todo}
+                    results = {}
+                    for cid, future in futures.items():
+                        results[cid] = future.result()
+                        bar.update()
+            else:
+                results = {}
+                for cid in todo:
+                    results[cid] = _build_worker(self.cases[cid], self.cache_dir)
+                    bar.update()
+            bar.close()
+        errors.update({cid: exc for cid, exc in results.items() if exc is not None})
+        self.built_case_ids = [cid for cid in todo if results[cid] is None]
+        self.errors = [errors[cid] for cid in sorted(errors)]
+        if self.errors and not skip_bad_cases:
+            raise self.errors[0]
+        return list(self.errors)
+
+    def _path(self, case_id: str, name: str) -> Path:
+        path = self.case_dir(case_id) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"Case {case_id!r} is not in the cache {self.cache_dir} ({name} missing); "
+                                    "call build() first")
+        return path
+
+    def _load(self, case_id: str, name: str) -> np.ndarray:
+        return np.load(self._path(case_id, name), mmap_mode="r")
+
+    def image(self, case_id: str) -> np.ndarray:
+        """(4, Z, Y, X) float16 normalised image, cropped, memory-mapped (read-only)."""
+        return self._load(case_id, "image.npy")
+
+    def label(self, case_id: str) -> np.ndarray:
+        """(Z, Y, X) uint8 model classes, cropped, memory-mapped (read-only)."""
+        return self._load(case_id, "label.npy")
+
+    def foreground(self, case_id: str) -> np.ndarray:
+        """(N, 3) int32 (z, y, x) coordinates of label > 0 voxels in the crop (N may be 0)."""
+        return self._load(case_id, "fg.npy")
+
+    def meta(self, case_id: str) -> dict:
+        """The case's ``meta.json``: case_id, key, spacing, original_shape, bbox, affine, source_files."""
+        return json.loads(self._path(case_id, "meta.json").read_text())
+
+    def spacing(self, case_id: str) -> tuple[float, float, float]:
+        """Voxel spacing (z, y, x) in mm."""
+        return tuple(self.meta(case_id)["spacing"])

@@ -1,0 +1,303 @@
+"""BraTS layouts: case discovery, validation, label mapping, normalisation and raw case loading.
+
+Arrays inside the suite use the axis order (Z, Y, X): nibabel's (X, Y, Z) arrays are transposed
+with ``.transpose(2, 1, 0)`` and the voxel spacing is the header zooms reversed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+DATASET_VERSIONS: tuple[str, ...] = ("brats2018", "brats2021", "brats2023", "synthetic")
+NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
+AFFINE_TOLERANCE = 1e-3
+CLIP_PERCENTILES: tuple[float, float] = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one BraTS release names its folders and files.
+
+    Attributes:
+        name: layout name stored in ``CaseRecord.layout``.
+        groups: sub-folders of the dataset root that hold case folders (``("",)`` = the root itself).
+        separator: between the case id and the file suffix (``_`` or ``-``).
+        suffixes: canonical modality -> file suffix (e.g. ``"t1ce" -> "t1c"`` for BraTS 2023).
+        seg_suffix: suffix of the segmentation file.
+        labels: the label values a segmentation may contain.
+        label_map: label values renamed to model classes (others are kept).
+    """
+
+    name: str
+    groups: tuple[str, ...]
+    separator: str
+    suffixes: dict[str, str]
+    seg_suffix: str
+    labels: frozenset[int]
+    label_map: dict[int, int]
+
+    def file_name(self, case_id: str, suffix: str, extension: str = ".nii.gz") -> str:
+        """Exact file name of one modality/segmentation of a case."""
+        return f"{case_id}{self.separator}{suffix}{extension}"
+
+
+_CLASSIC_SUFFIXES = {m: m for m in MODALITIES}
+LAYOUTS: dict[str, Layout] = {
+    "brats2018": Layout("brats2018", ("HGG", "LGG"), "_", _CLASSIC_SUFFIXES, "seg",
+                        frozenset({0, 1, 2, 4}), {4: 3}),
+    "brats2021": Layout("brats2021", ("",), "_", _CLASSIC_SUFFIXES, "seg",
+                        frozenset({0, 1, 2, 4}), {4: 3}),
+    "brats2023": Layout("brats2023", ("",), "-", {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"},
+                        "seg", frozenset({0, 1, 2, 3}), {}),
+}
+# dataset_version -> (folder below data_path holding the case folders / groups, layout name)
+VERSION_ROOTS: dict[str, tuple[str, str]] = {
+    "brats2018": ("BRATS2018/MICCAI_BraTS_2018_Data_Training", "brats2018"),
+    "brats2021": ("BRATS2021/BraTS2021_Training_Data", "brats2021"),
+    "brats2023": ("BRATS2023/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", "brats2023"),
+    "synthetic": ("BRATS_SYNTHETIC/BraTS2021_Training_Data", "brats2021"),
+}
+
+
+class BadCaseError(ValueError):
+    """A case whose files are missing, unreadable or inconsistent.
+
+    ``str()`` is one line naming the case and the file, e.g.
+    ``case BraTS2021_00003: missing modality 't1' [/data/.../BraTS2021_00003_t1.nii.gz]``.
+    """
+
+    def __init__(self, case_id: str, path: Path | str, reason: str):
+        self.case_id = case_id
+        self.path = Path(path)
+        self.reason = " ".join(str(reason).split())
+        super().__init__(f"case {case_id}: {self.reason} [{self.path}]")
+
+    def __reduce__(self):  # keep the three fields when crossing process boundaries
+        return (type(self), (self.case_id, str(self.path), self.reason))
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """One patient: the four modality files (canonical modality names), the segmentation, the layout."""
+
+    case_id: str
+    image_paths: dict[str, Path]
+    label_path: Path
+    layout: str
+
+    def files(self) -> list[Path]:
+        """The four modality files in canonical order, then the segmentation."""
+        return [self.image_paths[m] for m in MODALITIES] + [self.label_path]
+
+
+def _check_version(dataset_version: str) -> None:
+    if dataset_version not in VERSION_ROOTS:
+        raise ValueError(f"Unknown dataset_version {dataset_version!r}; valid: {', '.join(DATASET_VERSIONS)}")
+
+
+def _check_layout(layout: str) -> Layout:
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
+    return LAYOUTS[layout]
+
+
+def dataset_root(data_path: str | Path, dataset_version: str) -> Path:
+    """Folder below ``data_path`` that holds the case folders (or the HGG/LGG groups) of a version."""
+    _check_version(dataset_version)
+    return Path(data_path) / VERSION_ROOTS[dataset_version][0]
+
+
+def _find_file(folder: Path, layout: Layout, case_id: str, suffix: str) -> Path:
+    """The exact expected file (``.nii.gz`` preferred, ``.nii`` accepted); the ``.nii.gz`` name if absent."""
+    for ext in NIFTI_EXTENSIONS:
+        candidate = folder / layout.file_name(case_id, suffix, ext)
+        if candidate.is_file():
+            return candidate
+    return folder / layout.file_name(case_id, suffix)
+
+
+def _case_record(folder: Path, layout: Layout) -> CaseRecord:
+    case_id = folder.name
+    images = {m: _find_file(folder, layout, case_id, layout.suffixes[m]) for m in MODALITIES}
+    return CaseRecord(case_id, images, _find_file(folder, layout, case_id, layout.seg_suffix), layout.name)
+
+
+def discover_cases(data_path: str | Path, dataset_version: str, max_samples: int | None = None) -> list[CaseRecord]:
+    """Every case folder of a dataset, sorted by case id.
+
+    A case folder is any non-hidden sub-directory of the dataset root (of ``HGG``/``LGG`` for BraTS
+    2018); its files are matched by their exact expected names, so missing files are reported by
+    :func:`validate_case`, not skipped here.  ``max_samples`` keeps the first N cases in sorted order.
+
+    Raises:
+        ValueError: unknown ``dataset_version`` or ``max_samples < 1``.
+        FileNotFoundError: no case folder found (the message names the folder and the layout).
+    """
+    root = dataset_root(data_path, dataset_version)
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be a positive integer or None, got {max_samples}")
+    layout = LAYOUTS[VERSION_ROOTS[dataset_version][1]]
+    folders = [
+        child
+        for group in layout.groups
+        if (root / group).is_dir()
+        for child in (root / group).iterdir()
+        if child.is_dir() and not child.name.startswith(".")
+    ]
+    if not folders:
+        example = Path(*(g for g in (layout.groups[0], "<case>") if g)) / layout.file_name(
+            "<case>", layout.suffixes["t1"])
+        raise FileNotFoundError(
+            f"No {dataset_version} cases found in {root} (expected layout {layout.name}: {root / example})")
+    records = sorted((_case_record(f, layout) for f in folders), key=lambda r: r.case_id)
+    ids = [r.case_id for r in records]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"Duplicate case ids in {root}: {', '.join(dup)}")
+    return records[:max_samples] if max_samples is not None else records
+
+
+def _open_header(case: CaseRecord, path: Path) -> nib.Nifti1Image:
+    if not path.is_file():
+        name = next((m for m, p in case.image_paths.items() if p == path), "seg")
+        kind = "segmentation" if path == case.label_path else f"modality {name!r}"
+        raise BadCaseError(case.case_id, path, f"missing {kind} (expected this .nii.gz or .nii file)")
+    try:
+        img = nib.load(str(path))
+        shape, _ = img.shape, img.affine
+    except Exception as exc:  # nibabel raises many types for corrupt headers
+        raise BadCaseError(case.case_id, path, f"unreadable NIfTI header: {exc}") from exc
+    if len(shape) != 3:
+        raise BadCaseError(case.case_id, path, f"expected a 3D volume, got shape {tuple(shape)}")
+    return img
+
+
+def validate_case(case: CaseRecord, *, full: bool = False) -> None:
+    """Cheap checks of one case: every file exists, headers are readable, shapes and affines agree.
+
+    With ``full=True`` the voxel data are read too (truncated data, NaN/inf, labels outside the
+    layout's set), which is what :func:`load_case` does anyway.
+
+    Raises:
+        BadCaseError: naming the case and the offending file.
+    """
+    _check_layout(case.layout)
+    reference_path = case.image_paths[MODALITIES[0]]
+    reference = _open_header(case, reference_path)
+    for path in case.files()[1:]:
+        img = _open_header(case, path)
+        if img.shape != reference.shape:
+            raise BadCaseError(case.case_id, path,
+                               f"shape {img.shape} differs from {reference.shape} of {reference_path.name}")
+        if not np.allclose(img.affine, reference.affine, atol=AFFINE_TOLERANCE):
+            raise BadCaseError(case.case_id, path,
+                               f"affine differs from that of {reference_path.name} (tolerance {AFFINE_TOLERANCE})")
+    if full:
+        read_case(case)
+
+
+def map_labels(seg: np.ndarray, layout: str) -> np.ndarray:
+    """BraTS labels -> model classes 0..3 as uint8 (4 -> 3 for 2018/2021; 2023 unchanged).
+
+    Raises:
+        ValueError: non-integer values or labels outside the layout's label set.
+    """
+    spec = _check_layout(layout)
+    seg = np.asarray(seg)
+    if not np.issubdtype(seg.dtype, np.integer):
+        if not np.all(np.isfinite(seg)):
+            raise ValueError("segmentation contains NaN or inf values")
+        if not np.array_equal(seg, np.round(seg)):
+            raise ValueError("segmentation contains non-integer values")
+    values = np.unique(seg).astype(np.int64)
+    unexpected = sorted(set(values.tolist()) - spec.labels)
+    if unexpected:
+        raise ValueError(f"labels {unexpected} outside the {layout} label set {sorted(spec.labels)}")
+    lut = np.zeros(max(spec.labels) + 1, dtype=np.uint8)
+    for value in spec.labels:
+        lut[value] = spec.label_map.get(value, value)
+    return lut[seg.astype(np.int64)]
+
+
+def normalize_modality(volume: np.ndarray, percentiles: tuple[float, float] = CLIP_PERCENTILES) -> np.ndarray:
+    """Z-score the non-zero (brain) voxels after clipping them to their percentiles; float32.
+
+    Background (exact zeros) stays 0; an all-zero volume stays all zero; a constant brain
+    (std 0) is only mean-subtracted.  Pure: the input is not modified.
+    """
+    lower, upper = percentiles
+    if not 0 <= lower < upper <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {percentiles}")
+    volume = np.asarray(volume, dtype=np.float32)
+    out = np.zeros(volume.shape, dtype=np.float32)
+    mask = volume != 0
+    if not mask.any():
+        return out
+    values = volume[mask]
+    lo, hi = np.percentile(values, [lower, upper])
+    values = np.clip(values, lo, hi)
+    mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+    values = values - np.float32(mean)
+    if std > 0:
+        values /= np.float32(std)
+    out[mask] = values
+    return out
+
+
+@dataclass
+class RawCase:
+    """Voxel data of one case as stored, in (Z, Y, X) order: images (4, Z, Y, X) float32 in canonical
+    modality order, label (Z, Y, X) uint8 model classes, spacing (z, y, x) and the NIfTI affine."""
+
+    image: np.ndarray
+    label: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+
+
+def _read_volume(case: CaseRecord, path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    img = _open_header(case, path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # EOFError, zlib.error, OSError, ValueError for truncated files
+        raise BadCaseError(case.case_id, path, f"unreadable or truncated NIfTI data: {exc}") from exc
+    return data.transpose(2, 1, 0), img
+
+
+def read_case(case: CaseRecord) -> RawCase:
+    """Read and check all voxel data of a case (not normalised).
+
+    Raises:
+        BadCaseError: missing/unreadable/truncated file, shape or affine mismatch, NaN/inf voxels,
+            labels outside the layout's set.
+    """
+    validate_case(case)
+    images = []
+    affine = None
+    for modality in MODALITIES:
+        path = case.image_paths[modality]
+        data, img = _read_volume(case, path)
+        data = data.astype(np.float32)
+        if not np.all(np.isfinite(data)):
+            raise BadCaseError(case.case_id, path, f"modality {modality!r} contains NaN or inf voxels")
+        images.append(data)
+        affine = img.affine if affine is None else affine
+    seg, img = _read_volume(case, case.label_path)
+    try:
+        label = map_labels(seg, case.layout)
+    except ValueError as exc:
+        raise BadCaseError(case.case_id, case.label_path, str(exc)) from exc
+    spacing = tuple(float(z) for z in img.header.get_zooms()[:3][::-1])
+    return RawCase(np.stack(images), label, spacing, np.asarray(affine, dtype=np.float64))
+
+
+def load_case(case: CaseRecord) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """Image (4, Z, Y, X) float32 normalised per modality, label (Z, Y, X) uint8, spacing (z, y, x)."""
+    raw = read_case(case)
+    image = np.stack([normalize_modality(volume) for volume in raw.image])
+    return image, raw.label, raw.spacing

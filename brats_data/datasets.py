@@ -1,0 +1,151 @@
+"""Training datasets over a :class:`PreprocessedCache`: random 3D patches and 2D axial slices.
+
+Item ``i`` of epoch ``e`` depends only on ``(seed, e, i)`` (``np.random.default_rng([seed, e, i])``),
+so samples are identical whatever the number of DataLoader workers or their order.  With probability
+``fg_fraction`` a region is centred on a random foreground voxel (class 1, 2 or 3; a random region if
+the case has none), otherwise its position is uniformly random; regions reaching outside the volume
+are zero-padded (label 0).  Random flips (p = 0.5 per spatial axis) act on image and label alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .cache import PreprocessedCache
+from .cases import MODALITIES
+
+
+def modality_indices(modalities: Sequence[str]) -> list[int]:
+    """Channel indices of ``modalities`` in the canonical order ``MODALITIES`` (sorted, no duplicates)."""
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {tuple(modalities)}")
+    if len(set(modalities)) != len(modalities):
+        raise ValueError(f"modalities contain duplicates: {tuple(modalities)}")
+    return sorted(MODALITIES.index(m) for m in modalities)
+
+
+@dataclass(frozen=True)
+class RegionSample:
+    """Where one item comes from: case, start corner (z, y, x; may be negative), flipped axes, fg-centred."""
+
+    case_id: str
+    start: tuple[int, int, int]
+    flips: tuple[bool, bool, bool]
+    foreground: bool
+
+
+class PatchDataset(Dataset):
+    """Random 3D patches ``(image float32 (C, Z, Y, X), label int64 (Z, Y, X))`` from the cache.
+
+    Args:
+        cache: a built :class:`PreprocessedCache`.
+        case_ids: cases to draw from; item i uses ``case_ids[i % len(case_ids)]``.
+        modalities: input modalities; channels follow the canonical order.
+        patch_size: (Z, Y, X).
+        samples_per_epoch: length of the dataset.
+        fg_fraction: probability that a patch is centred on a foreground voxel.
+        flips: random flips along each spatial axis.
+        seed: base seed; call :meth:`set_epoch` each epoch for new samples (with persistent
+            DataLoader workers the workers keep their own copy, so use non-persistent workers).
+    """
+
+    _region_ndim = 3  # how many trailing sizes of the region the caller gives
+    _flip_axes: tuple[int, ...] = (0, 1, 2)
+
+    def __init__(self, cache: PreprocessedCache, case_ids: Sequence[str], modalities: Sequence[str],
+                 patch_size: Sequence[int], samples_per_epoch: int, fg_fraction: float = 1 / 3,
+                 flips: bool = True, seed: int = 0):
+        if not case_ids:
+            raise ValueError("case_ids must not be empty")
+        if len(patch_size) != self._region_ndim or any(int(p) < 1 for p in patch_size):
+            raise ValueError(f"patch_size must be {self._region_ndim} positive sizes, got {tuple(patch_size)}")
+        if samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+        if not 0.0 <= fg_fraction <= 1.0:
+            raise ValueError(f"fg_fraction must be in [0, 1], got {fg_fraction}")
+        self.cache = cache
+        self.case_ids = list(case_ids)
+        self.channels = modality_indices(modalities)
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.region = (1,) * (3 - self._region_ndim) + self.patch_size
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.fg_fraction = float(fg_fraction)
+        self.flips = flips
+        self.seed = seed
+        self.epoch = 0
+        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def __getstate__(self) -> dict:  # never pickle memory maps into DataLoader workers
+        state = self.__dict__.copy()
+        state["_arrays"] = {}
+        return state
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the samples of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.samples_per_epoch
+
+    def _case_arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if case_id not in self._arrays:
+            self._arrays[case_id] = (self.cache.image(case_id), self.cache.label(case_id),
+                                     self.cache.foreground(case_id))
+        return self._arrays[case_id]
+
+    def sample(self, index: int) -> RegionSample:
+        """The random choices of item ``index`` in the current epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        case_id = self.case_ids[index % len(self.case_ids)]
+        _, label, foreground = self._case_arrays(case_id)
+        use_fg = bool(rng.random() < self.fg_fraction) and len(foreground) > 0
+        if use_fg:
+            centre = foreground[rng.integers(len(foreground))]
+            start = tuple(int(c) - r // 2 for c, r in zip(centre, self.region))
+        else:
+            start = tuple(int(rng.integers(min(0, s - r), max(0, s - r) + 1)) for s, r in zip(label.shape, self.region))
+        draws = rng.random(3) < 0.5
+        flips = tuple(bool(self.flips and axis in self._flip_axes and draws[axis]) for axis in range(3))
+        return RegionSample(case_id, start, flips, use_fg)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        spec = self.sample(index)
+        image, label, _ = self._case_arrays(spec.case_id)
+        src, dst = [], []
+        for begin, size, dim in zip(spec.start, self.region, label.shape):
+            lo, hi = max(begin, 0), min(begin + size, dim)
+            hi = max(hi, lo)
+            src.append(slice(lo, hi))
+            dst.append(slice(lo - begin, hi - begin))
+        src, dst = tuple(src), tuple(dst)
+        inside = all(d.start == 0 and d.stop == r for d, r in zip(dst, self.region))
+        alloc = np.empty if inside else np.zeros
+        out_image = alloc((len(self.channels),) + self.region, dtype=np.float32)
+        out_label = alloc(self.region, dtype=np.int64)
+        # Flip by writing through reversed views of the (contiguous) outputs: one pass, no extra copy.
+        flip = tuple(slice(None, None, -1) if f else slice(None) for f in spec.flips)
+        for k, channel in enumerate(self.channels):
+            out_image[k][flip][dst] = image[channel][src]
+        out_label[flip][dst] = label[src]
+        squeeze = 3 - self._region_ndim
+        out_image = out_image.reshape((len(self.channels),) + self.region[squeeze:])
+        return torch.from_numpy(out_image), torch.from_numpy(out_label.reshape(self.region[squeeze:]))
+
+
+class SliceDataset(PatchDataset):
+    """Random axial slices ``(image float32 (C, Y, X), label int64 (Y, X))``: a patch of depth 1.
+
+    Foreground items take the slice of a random foreground voxel, centred on it in-plane; flips act
+    on Y and X.  ``patch_size`` is ``(Y, X)``; otherwise as :class:`PatchDataset`.
+    """
+
+    _region_ndim = 2
+    _flip_axes = (1, 2)
