@@ -1,0 +1,330 @@
+"""Tests of the visualization package on small synthetic run folders and volumes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from visualization import (
+    make_all_plots,
+    plot_learning_curves,
+    plot_modality_contributions,
+    plot_model_comparison,
+    plot_parameter_efficiency,
+    plot_per_case_dice,
+    plot_segmentation_slices,
+    plot_stage_wise_pam,
+    summarize_runs,
+    tumour_slices,
+    write_interactive_3d_analysis,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MODELS = ("unet3d_xs", "dualbranch_01_unet_xs")
+
+
+# ------------------------------------------------------------------ synthetic run tables
+
+
+def results_table(models=MODELS, seeds=(24, 42), pam: bool = True) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, model in enumerate(models):
+        for seed in seeds:
+            dice = np.clip(0.6 + 0.1 * m + rng.normal(0, 0.02, 3), 0, 1)
+            pam_values = [800.0 + 100 * m, 10.0, 300.0 + 50 * m, 5.0] if pam else [np.nan] * 4
+            rows.append(
+                dict(
+                    model=model, seed=seed, fold=0,
+                    test_dice_wt=dice[0], test_dice_tc=dice[1], test_dice_et=dice[2],
+                    test_dice_mean=dice.mean(),
+                    test_hd95_wt=10.0 + m, test_hd95_tc=12.0 + seed / 100, test_hd95_et=373.13,
+                    params=1.5e6 * (m + 1), flops=2.0e10 * (m + 1),
+                    pam_train_mb=pam_values[0], pam_train_mb_std=pam_values[1],
+                    pam_inference_mb=pam_values[2], pam_inference_mb_std=pam_values[3],
+                    latency_ms=20.0 + m if pam else np.nan, latency_ms_std=1.0 if pam else np.nan,
+                    best_epoch=3, best_val_dice=0.7,
+                )
+            )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def epochs_table(models=MODELS, seeds=(24, 42), n_epochs: int = 4) -> pd.DataFrame:
+    rows = []
+    for m, model in enumerate(models):
+        for s, seed in enumerate(seeds):
+            for epoch in range(1, n_epochs + 1):
+                dice = 0.2 * epoch / n_epochs + 0.1 * m + 0.01 * s
+                rows.append(
+                    dict(
+                        model=model, seed=seed, fold=0, epoch=epoch, train_loss=1.0 / epoch + 0.01 * s,
+                        val_dice_wt=dice, val_dice_tc=dice, val_dice_et=dice, val_dice_mean=dice,
+                        lr=1e-3, epoch_time_s=2.0,
+                    )
+                )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def modality_table(models=("quadbranch_4modal_attention_unet_s",), seeds=(24, 42)) -> pd.DataFrame:
+    weights = {"flair": 0.4, "t1": 0.1, "t1ce": 0.3, "t2": 0.2}  # deliberately not in canonical order
+    return pd.DataFrame(
+        [
+            dict(model=model, seed=seed, fold=0, modality=mod, weight_mean=w + 0.01 * s, weight_std=0.05)
+            for model in models
+            for s, seed in enumerate(seeds)
+            for mod, w in weights.items()
+        ]
+    )
+
+
+def stage_table(pam: bool = True) -> pd.DataFrame:
+    stages = ["encoder1", "encoder2", "bottleneck", "decoder1", "head"]
+    return pd.DataFrame(
+        [
+            dict(model=model, stage=stage, pam_train_mb=(100.0 * (i + 1) if pam else np.nan),
+                 pam_inference_mb=(40.0 * (i + 1) if pam else np.nan))
+            for model in MODELS
+            for i, stage in enumerate(stages)
+        ]
+    )  # fmt: skip
+
+
+def per_case_table(models=MODELS, seeds=(24,)) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    return pd.DataFrame(
+        [
+            dict(model=model, seed=seed, fold=0, case_id=f"BraTS2021_{c:05d}",
+                 dice_wt=rng.uniform(0.5, 1), dice_tc=rng.uniform(0.3, 1), dice_et=rng.uniform(0, 1),
+                 hd95_wt=5.0, hd95_tc=7.0, hd95_et=9.0)
+            for model in models
+            for seed in seeds
+            for c in range(6)
+        ]
+    )  # fmt: skip
+
+
+def assert_png(path: Path, min_kb: float = 10.0) -> None:
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    assert len(data) > min_kb * 1024, f"{path} is only {len(data)} bytes"
+    assert not list(path.parent.glob(".*.tmp")), "temporary file left behind"
+
+
+# ------------------------------------------------------------------ summary
+
+
+def test_summarize_runs_known_values():
+    df = results_table()
+    summary = summarize_runs(df)
+    assert list(summary.index) == list(MODELS)
+    assert (summary["n_runs"] == 2).all()
+    first = df[df["model"] == MODELS[0]]
+    assert summary.loc[MODELS[0], "test_dice_wt_mean"] == pytest.approx(first["test_dice_wt"].mean())
+    assert summary.loc[MODELS[0], "test_hd95_tc_std"] == pytest.approx(first["test_hd95_tc"].std(ddof=1))
+    assert "seed_mean" not in summary.columns and "fold_mean" not in summary.columns
+    single = summarize_runs(results_table(models=MODELS[:1], seeds=(24,), pam=False))
+    assert np.isnan(single["test_dice_mean_std"]).all() and np.isnan(single["pam_train_mb_mean"]).all()
+    # A model_comparison.csv-style frame passes through unchanged.
+    again = summarize_runs(summary.reset_index())
+    pd.testing.assert_frame_equal(again[summary.columns], summary, check_names=False)
+
+
+# ------------------------------------------------------------------ charts
+
+
+# Two models x two seeds with PAM are drawn by test_make_all_plots_full_run.
+@pytest.mark.parametrize(
+    "models,seeds,pam",
+    [(MODELS[:1], (24,), True), (MODELS, (24, 42), False)],
+    ids=["one_model_one_seed", "pam_all_nan"],
+)
+def test_results_charts(tmp_path, models, seeds, pam):
+    df = results_table(models, seeds, pam)
+    assert_png(plot_model_comparison(df, tmp_path / "model_comparison_chart.png"))
+    assert_png(plot_parameter_efficiency(df, tmp_path / "parameter_efficiency.png"))
+
+
+def test_learning_curves_single_run(tmp_path):
+    df = epochs_table(MODELS[:1], (24,)).assign(val_dice_mean=np.nan)  # no validation values at all
+    assert_png(plot_learning_curves(df, tmp_path / "learning_curves.png"))
+
+
+def test_interactive_html_is_offline_and_names_models(tmp_path):
+    path = write_interactive_3d_analysis(results_table(), tmp_path / "interactive_3d_analysis.html")
+    text = path.read_text(encoding="utf-8")
+    assert len(text) > 1_000_000, "plotly.js bundle not inlined"
+    assert "plotly.js v" in text or "Plotly.newPlot" in text
+    assert not re.search(r"<script[^>]*\bsrc\s*=", text), "external script reference"
+    for model in MODELS:
+        assert model in text
+    # PAM not measured: hover says so; FLOPs missing too -> latency axis; neither -> clear error.
+    no_gpu = results_table(pam=False)
+    text = write_interactive_3d_analysis(no_gpu, tmp_path / "a.html").read_text(encoding="utf-8")
+    assert "PAM train not measured" in text
+    with pytest.raises(ValueError, match="neither FLOPs nor latency"):
+        write_interactive_3d_analysis(no_gpu.assign(flops=np.nan), tmp_path / "b.html")
+
+
+def test_modality_contributions_two_models_one_seed(tmp_path):
+    df = modality_table(models=("quadbranch_4modal_attention_unet_s", "other_attention_s"), seeds=(24,))
+    assert_png(plot_modality_contributions(df, tmp_path / "modality_contributions.png"))
+
+
+def test_stage_wise_pam_without_gpu_and_bad_per_case(tmp_path):
+    with pytest.raises(ValueError, match="no measured value"):
+        plot_stage_wise_pam(stage_table(pam=False), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="lacks column"):
+        plot_per_case_dice(per_case_table().drop(columns="dice_et"), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_bad_tables_raise_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['test_hd95_wt'\]"):
+        plot_model_comparison(results_table().drop(columns="test_hd95_wt"), tmp_path / "x.png")
+    with pytest.raises(ValueError, match="no rows"):
+        plot_learning_curves(epochs_table().iloc[:0], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="params must be positive"):
+        plot_parameter_efficiency(results_table().assign(params=0), tmp_path / "x.png")
+    assert not (tmp_path / "x.png").exists()
+
+
+# ------------------------------------------------------------------ run folder
+
+
+ALL_OUTPUTS = {
+    "learning_curves.png",
+    "model_comparison_chart.png",
+    "parameter_efficiency.png",
+    "interactive_3d_analysis.html",
+    "per_case_dice.png",
+    "modality_contributions.png",
+    "stage_wise_pam.png",
+}
+
+
+def write_run_folder(run_dir: Path, pam: bool = True, modality: bool = True) -> dict[str, bytes]:
+    run_dir.mkdir()
+    results = results_table(pam=pam)
+    tables = {
+        "integrated_experiment_results.csv": results,
+        "all_epochs_results.csv": epochs_table(),
+        "model_comparison.csv": summarize_runs(results).reset_index(names="model"),
+        "stage_wise_pam_results.csv": stage_table(pam=pam),
+        "per_case_results.csv": per_case_table(),
+    }
+    if modality:
+        tables["modality_contributions.csv"] = modality_table()
+    for name, df in tables.items():
+        df.to_csv(run_dir / name, index=False)
+    return {name: (run_dir / name).read_bytes() for name in tables}
+
+
+def test_make_all_plots_full_run(tmp_path):
+    run = tmp_path / "run"
+    before = write_run_folder(run)
+    written = make_all_plots(run)
+    assert {p.name for p in written} == ALL_OUTPUTS
+    assert all(p.parent == run and p.stat().st_size > 10_000 for p in written)
+    assert {name: (run / name).read_bytes() for name in before} == before, "a CSV was changed"
+
+
+def test_make_all_plots_cpu_run_skips_what_is_missing(tmp_path):
+    run = tmp_path / "run"
+    write_run_folder(run, pam=False, modality=False)
+    (run / "per_case_results.csv").unlink()
+    (run / "all_epochs_results.csv").write_text("")  # truncated file: skipped, no crash
+    written = {p.name for p in make_all_plots(run)}
+    assert written == ALL_OUTPUTS - {
+        "modality_contributions.png",
+        "stage_wise_pam.png",
+        "per_case_dice.png",
+        "learning_curves.png",
+    }
+    assert not (run / "modality_contributions.png").exists()
+
+
+def test_make_all_plots_falls_back_to_model_comparison(tmp_path):
+    run = tmp_path / "run"
+    write_run_folder(run)
+    for name in (
+        "integrated_experiment_results.csv",
+        "all_epochs_results.csv",
+        "per_case_results.csv",
+        "modality_contributions.csv",
+        "stage_wise_pam_results.csv",
+    ):
+        (run / name).unlink()
+    written = {p.name for p in make_all_plots(run)}
+    assert written == {
+        "model_comparison_chart.png",
+        "parameter_efficiency.png",
+        "interactive_3d_analysis.html",
+    }
+    with pytest.raises(ValueError, match="not a directory"):
+        make_all_plots(tmp_path / "missing")
+
+
+def test_make_all_plots_empty_folder(tmp_path):
+    assert make_all_plots(tmp_path) == []
+
+
+# ------------------------------------------------------------------ segmentation slices
+
+
+def phantom_case(shape=(20, 32, 32)):
+    """Image with a bright sphere; label: ET rim / NCR core / ED shell on slices 6..13."""
+    z, y, x = np.indices(shape)
+    r = np.sqrt((z - 10) ** 2 + (y - 16) ** 2 + (x - 16) ** 2)
+    label = np.zeros(shape, np.uint8)
+    label[r < 4] = 2
+    label[r < 3] = 3
+    label[r < 1.5] = 1
+    image = np.stack([np.exp(-r / 8) * c for c in (1.0, 2.0, 3.0, 4.0)]).astype(np.float32)
+    return image, label
+
+
+def test_tumour_slices_known_answer():
+    _, label = phantom_case()
+    fg = np.flatnonzero(label.any(axis=(1, 2)))
+    assert (fg.min(), fg.max()) == (7, 13)
+    assert tumour_slices(label) == [9, 10, 11]  # 25/50/75 % of slices 7..13
+    assert tumour_slices(np.zeros((9, 4, 4), np.uint8)) == [4]
+    single = np.zeros((9, 4, 4), np.uint8)
+    single[2, 1, 1] = 3
+    assert tumour_slices(single) == [2]
+
+
+def test_plot_segmentation_slices_outputs(tmp_path):
+    image, label = phantom_case()
+    wrong = np.roll(label, 3, axis=2)
+    preds = {"perfect": label.copy(), "shifted": wrong, "empty": np.zeros_like(label)}
+    path = plot_segmentation_slices(
+        image, label, preds, tmp_path / "case.png", modality_names=("t1", "t1ce", "t2", "flair"), title="case"
+    )
+    assert_png(path, min_kb=15)
+    small = plot_segmentation_slices(image, label, {}, tmp_path / "gt_only.png", slices=[10])
+    assert_png(small, min_kb=3)
+    assert path.stat().st_size > small.stat().st_size  # 3 rows x 5 columns vs 1 x 2
+
+
+def test_plot_segmentation_slices_errors(tmp_path):
+    image, label = phantom_case()
+    out = tmp_path / "x.png"
+    with pytest.raises(ValueError, match="model 'bad'.*expected \\(20, 32, 32\\)"):
+        plot_segmentation_slices(image, label, {"ok": label, "bad": label[:, :16]}, out)
+    with pytest.raises(ValueError, match=r"image must be \(C, Z, Y, X\)"):
+        plot_segmentation_slices(image[0], label, {}, out)
+    with pytest.raises(ValueError, match="label has shape"):
+        plot_segmentation_slices(image, label[:-1], {}, out)
+    with pytest.raises(ValueError, match="outside \\[0, 20\\)"):
+        plot_segmentation_slices(image, label, {}, out, slices=[3, 20])
+    with pytest.raises(ValueError, match="map BraTS label 4 to 3"):
+        plot_segmentation_slices(image, np.where(label == 3, 4, label), {}, out)
+    with pytest.raises(ValueError, match="modality_names has 2 names"):
+        plot_segmentation_slices(image, label, {}, out, modality_names=("t1ce", "flair"))
+    assert not out.exists()

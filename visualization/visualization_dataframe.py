@@ -1,0 +1,628 @@
+"""Charts drawn from the CSV files of a run folder (see DESIGN.md, "Run folder contract").
+
+Every function takes a DataFrame and an output path, writes one file atomically (temporary file,
+then rename) and returns its path. Nothing here trains or changes a CSV.
+
+Figures are built with the object-oriented matplotlib API on an explicit Agg canvas
+(:class:`~matplotlib.backends.backend_agg.FigureCanvasAgg`), so no display and no global pyplot
+state are involved; seaborn provides the styling and the learning-curve / box-plot aggregation,
+plotly the offline interactive HTML.
+
+The results-based charts accept either the per-run table ``integrated_experiment_results.csv``
+(one row per model, seed and fold) or the per-model summary ``model_comparison.csv``
+(``m_mean``/``m_std`` columns and ``n_runs``); :func:`summarize_runs` turns the first into the second.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+# Canonical modality order of the suite (data_loader.MODALITIES); used to order the x axis.
+MODALITY_ORDER: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+
+DICE_COLUMNS: dict[str, str] = {
+    "test_dice_wt": "WT",
+    "test_dice_tc": "TC",
+    "test_dice_et": "ET",
+    "test_dice_mean": "Mean",
+}
+HD95_COLUMNS: dict[str, str] = {"test_hd95_wt": "WT", "test_hd95_tc": "TC", "test_hd95_et": "ET"}
+PAM_COLUMNS: dict[str, str] = {"pam_train_mb": "Train", "pam_inference_mb": "Inference"}
+LATENCY_COLUMNS: dict[str, str] = {"latency_ms": "Latency"}
+PER_CASE_DICE_COLUMNS: dict[str, str] = {"dice_wt": "WT", "dice_tc": "TC", "dice_et": "ET"}
+_RUN_KEYS = ("seed", "fold")
+NOT_MEASURED = "not measured (no GPU)"
+
+
+# --------------------------------------------------------------------------------------------
+# Figure plumbing
+# --------------------------------------------------------------------------------------------
+
+
+def save_figure(fig: Figure, path: PathLike, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` atomically (format from the suffix, PNG when there is none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+@contextmanager
+def drawing(
+    path: PathLike,
+    nrows: int = 1,
+    ncols: int = 1,
+    figsize: tuple[float, float] = (8.0, 5.0),
+    style: str = "whitegrid",
+    **subplots_kw: object,
+) -> Iterator[tuple[Figure, np.ndarray]]:
+    """Yield ``(figure, 2-D array of axes)`` on an Agg canvas in a seaborn style; save on exit.
+
+    The figure is only written when the body finishes without an exception.
+    """
+    with sns.axes_style(style), sns.plotting_context("notebook", font_scale=0.85):
+        fig = Figure(figsize=figsize, layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(nrows, ncols, squeeze=False, **subplots_kw)
+        yield fig, axes
+        save_figure(fig, path)
+
+
+def model_palette(models: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """A fixed colour per model (tab10 up to 10 models, evenly spaced hues beyond)."""
+    colors = sns.color_palette("tab10" if len(models) <= 10 else "husl", len(models))
+    return dict(zip(models, colors))
+
+
+def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    if df.empty:
+        raise ValueError(f"{what} has no rows; nothing to plot")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; it has {list(df.columns)}")
+
+
+def _models_in_order(df: pd.DataFrame) -> list[str]:
+    """Model names in order of first appearance (the order the runner wrote them)."""
+    return [str(m) for m in pd.unique(df["model"])]
+
+
+def _has_values(df: pd.DataFrame, columns: Sequence[str]) -> bool:
+    """True when at least one of ``columns`` exists and holds a finite number."""
+    present = [c for c in columns if c in df.columns]
+    if not present:
+        return False
+    values = df[present].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    return bool(np.isfinite(values).any())
+
+
+def _grouped_bars(
+    ax: Axes,
+    means: pd.DataFrame,
+    errors: pd.DataFrame | None,
+    colors: dict[str, object] | None = None,
+    ylabel: str = "",
+    title: str = "",
+) -> None:
+    """Bars with one group per row of ``means`` (x axis) and one bar per column (series).
+
+    ``errors`` has the same shape; NaN errors (a single run) draw no error bar.
+    """
+    n_series = max(means.shape[1], 1)
+    width = 0.8 / n_series
+    x = np.arange(len(means.index))
+    for i, series in enumerate(means.columns):
+        err = None
+        if errors is not None and series in errors.columns:
+            err = errors[series].to_numpy(dtype=float)
+            err = None if not np.isfinite(err).any() else np.nan_to_num(err, nan=0.0)
+        ax.bar(
+            x + (i - (n_series - 1) / 2) * width,
+            means[series].to_numpy(dtype=float),
+            width,
+            yerr=err,
+            capsize=2,
+            label=str(series),
+            color=None if colors is None else colors.get(series),
+        )
+    labels = [str(v) for v in means.index]
+    rotate = len(labels) > 4 or max((len(s) for s in labels), default=0) > 12
+    ax.set_xticks(x, labels=labels, rotation=40 if rotate else 0, ha="right" if rotate else "center")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if n_series > 1:
+        ax.legend(fontsize="small")
+
+
+def _not_measured(ax: Axes, title: str, text: str = NOT_MEASURED) -> None:
+    ax.set_title(title)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize="large", color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# --------------------------------------------------------------------------------------------
+# Per-model summary
+# --------------------------------------------------------------------------------------------
+
+
+def _is_summary(df: pd.DataFrame) -> bool:
+    return "test_dice_mean" not in df.columns and "test_dice_mean_mean" in df.columns
+
+
+def summarize_runs(results_df: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds/folds of every numeric column, one row per model.
+
+    Returns a frame indexed by model (order of first appearance) with columns ``m_mean``,
+    ``m_std`` (sample std, NaN with one run) for each numeric column ``m`` except seed and fold,
+    plus ``n_runs``: the layout of ``model_comparison.csv``. A frame already in that layout
+    (``test_dice_mean_mean`` present) is returned indexed by model, unchanged otherwise.
+    """
+    _require_columns(results_df, ["model"], "results table")
+    if _is_summary(results_df):
+        summary = results_df.set_index(results_df["model"].astype(str)).drop(columns="model")
+        if "n_runs" not in summary.columns:
+            summary["n_runs"] = np.nan
+        return summary
+    models = _models_in_order(results_df)
+    metric_cols = [
+        c
+        for c in results_df.columns
+        if c not in ("model", *_RUN_KEYS) and pd.api.types.is_numeric_dtype(results_df[c])
+    ]
+    numeric = results_df[metric_cols].astype(float).assign(model=results_df["model"].astype(str))
+    grouped = numeric.groupby("model", sort=False)
+    stats = grouped[metric_cols].agg(["mean", "std"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    stats["n_runs"] = grouped.size()
+    return stats.loc[models]
+
+
+def _summary_for(
+    df: pd.DataFrame, required: Sequence[str], optional: Sequence[str], what: str
+) -> pd.DataFrame:
+    """Check ``required`` metrics (per-run or ``_mean`` form) and summarise; missing optional -> NaN."""
+    _require_columns(df, ["model"], what)
+    summary_form = _is_summary(df)
+    missing = [m for m in required if (f"{m}_mean" if summary_form else m) not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; it has {list(df.columns)}")
+    summary = summarize_runs(df)
+    for metric in (*required, *optional):
+        for stat in ("mean", "std"):
+            if f"{metric}_{stat}" not in summary.columns:
+                summary[f"{metric}_{stat}"] = np.nan
+    return summary
+
+
+def _stat_table(summary: pd.DataFrame, columns: dict[str, str], stat: str) -> pd.DataFrame:
+    """Models x series table of one statistic, series renamed by ``columns``."""
+    table = summary[[f"{c}_{stat}" for c in columns]].astype(float)
+    table.columns = list(columns.values())
+    return table
+
+
+# --------------------------------------------------------------------------------------------
+# Charts
+# --------------------------------------------------------------------------------------------
+
+
+def plot_learning_curves(epochs_df: pd.DataFrame, path: PathLike) -> Path:
+    """Train loss and validation mean Dice per epoch, one line per model (``learning_curves.png``).
+
+    Several seeds/folds of a model are averaged per epoch with a band of +-1 std.
+    """
+    _require_columns(epochs_df, ["model", "epoch", "train_loss", "val_dice_mean"], "epochs table")
+    data = epochs_df.assign(model=epochs_df["model"].astype(str))
+    models = _models_in_order(data)
+    palette = model_palette(models)
+    panels = {"train_loss": "Training loss", "val_dice_mean": "Validation mean Dice"}
+    with drawing(path, 1, 2, figsize=(13.0, 4.8)) as (fig, axes):
+        for ax, (column, title) in zip(axes[0], panels.items()):
+            if not _has_values(data, [column]):
+                _not_measured(ax, title, "no values")
+                continue
+            sns.lineplot(
+                data=data,
+                x="epoch",
+                y=column,
+                hue="model",
+                hue_order=models,
+                palette=palette,
+                errorbar="sd",
+                marker="o" if data["epoch"].nunique() <= 20 else None,
+                ax=ax,
+                legend=ax is axes[0, 0],
+            )
+            ax.set_title(title)
+            ax.set_ylabel(title)
+            ax.set_xlabel("Epoch")
+        if axes[0, 0].get_legend() is not None:
+            axes[0, 0].get_legend().remove()
+            fig.legend(
+                *axes[0, 0].get_legend_handles_labels(),
+                loc="outside right upper",
+                fontsize="small",
+                title="model",
+            )
+        fig.suptitle("Learning curves (mean over seeds/folds, band: ±1 std)")
+    return Path(path)
+
+
+def plot_model_comparison(results_df: pd.DataFrame, path: PathLike) -> Path:
+    """Test Dice, HD95, PAM and latency per model with std over seeds/folds (``model_comparison_chart.png``).
+
+    The PAM and latency panels say "not measured" when their columns are empty (runs on CPU).
+    """
+    summary = _summary_for(
+        results_df,
+        required=[*DICE_COLUMNS, *HD95_COLUMNS],
+        optional=[*PAM_COLUMNS, *LATENCY_COLUMNS],
+        what="results table",
+    )
+    width = min(max(12.0, 0.9 * len(summary) + 6.0), 40.0)
+    region_colors = dict(zip(DICE_COLUMNS.values(), sns.color_palette("Set2", len(DICE_COLUMNS))))
+    panels: list[tuple[dict[str, str], str, str]] = [
+        (DICE_COLUMNS, "Dice", "Test Dice (mean ± std over seeds/folds)"),
+        (HD95_COLUMNS, "HD95 (mm)", "Test HD95 (mean ± std)"),
+        (PAM_COLUMNS, "Peak activation memory (MB)", "PAM (GPU)"),
+        (LATENCY_COLUMNS, "Latency (ms, batch 1)", "Inference latency"),
+    ]
+    with drawing(path, 2, 2, figsize=(width, 10.0)) as (fig, axes):
+        for ax, (columns, ylabel, title) in zip(axes.ravel(), panels):
+            means = _stat_table(summary, columns, "mean")
+            if not np.isfinite(means.to_numpy()).any():
+                _not_measured(ax, title)
+                continue
+            colors = region_colors if columns is not PAM_COLUMNS else None
+            _grouped_bars(ax, means, _stat_table(summary, columns, "std"), colors, ylabel, title)
+        axes[0, 0].set_ylim(0.0, 1.05)
+        n_runs = summary["n_runs"].to_numpy(dtype=float)
+        runs = "?" if not np.isfinite(n_runs).any() else f"{int(np.nanmin(n_runs))}-{int(np.nanmax(n_runs))}"
+        fig.suptitle(f"Model comparison ({len(summary)} models, runs per model: {runs})")
+    return Path(path)
+
+
+def _marker_areas(flops: np.ndarray, smallest: float = 40.0, largest: float = 900.0) -> np.ndarray:
+    """Marker areas proportional to FLOPs (clipped below at ``smallest``); uniform when unknown."""
+    finite = np.isfinite(flops) & (flops > 0)
+    if not finite.any():
+        return np.full(flops.shape, 150.0)
+    areas = np.where(finite, largest * flops / flops[finite].max(), smallest)
+    return np.clip(areas, smallest, largest)
+
+
+def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
+    """Mean test Dice vs parameters (log x), marker area ~ FLOPs, one label per model (``parameter_efficiency.png``)."""
+    summary = _summary_for(results_df, ["params", "test_dice_mean"], ["flops"], "results table")
+    params = summary["params_mean"].to_numpy(dtype=float)
+    bad = [m for m, p in zip(summary.index, params) if not (np.isfinite(p) and p > 0)]
+    if bad:
+        raise ValueError(f"params must be positive for a log axis; models {bad} have {params[~(params > 0)]}")
+    flops = summary["flops_mean"].to_numpy(dtype=float)
+    areas = _marker_areas(flops)
+    dice = summary["test_dice_mean_mean"].to_numpy(dtype=float)
+    dice_std = summary["test_dice_mean_std"].to_numpy(dtype=float)
+    palette = model_palette(list(summary.index))
+    with drawing(path, figsize=(10.0, 6.5)) as (fig, axes):
+        ax = axes[0, 0]
+        for i, model in enumerate(summary.index):
+            color = palette[model]
+            if np.isfinite(dice_std[i]):
+                ax.errorbar(params[i], dice[i], yerr=dice_std[i], color=color, capsize=3, zorder=2)
+            ax.scatter(params[i], dice[i], s=areas[i], color=color, alpha=0.75, edgecolor="k", zorder=3)
+            ax.annotate(
+                model, (params[i], dice[i]), xytext=(6, 6), textcoords="offset points", fontsize="small"
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("Parameters (log scale)")
+        ax.set_ylabel("Test mean Dice (WT/TC/ET)")
+        finite = np.isfinite(flops) & (flops > 0)
+        if finite.any():
+            shown = sorted({float(flops[finite].min()), float(flops[finite].max())})
+            handles = [
+                ax.scatter(
+                    [], [], s=_marker_areas(np.array([f, flops[finite].max()]))[0], color="0.6", edgecolor="k"
+                )
+                for f in shown
+            ]
+            ax.legend(
+                handles,
+                [f"{f / 1e9:.3g} GFLOPs" for f in shown],
+                title="marker area ~ FLOPs",
+                loc="lower right",
+                labelspacing=1.5,
+                borderpad=1.0,
+            )
+        else:
+            ax.set_title("FLOPs not measured (uniform markers)", fontsize="small")
+        fig.suptitle("Parameter efficiency (mean ± std over seeds/folds)")
+    return Path(path)
+
+
+def _fmt(value: float, spec: str, unit: str = "", missing: str = "not measured") -> str:
+    if value is None or not math.isfinite(float(value)):
+        return missing
+    return f"{value:{spec}}{unit}"
+
+
+def _hover_text(model: str, row: pd.Series) -> str:
+    """Multi-line plotly hover text with every headline number of one model."""
+
+    def mean_std(metric: str, spec: str, unit: str = "", scale: float = 1.0) -> str:
+        mean, std = row[f"{metric}_mean"] / scale, row[f"{metric}_std"] / scale
+        text = _fmt(mean, spec, unit)
+        return text if not math.isfinite(std) else f"{text} ± {std:{spec}}"
+
+    lines = [
+        f"<b>{html.escape(model)}</b> (runs: {_fmt(row['n_runs'], '.0f', missing='?')})",
+        f"Dice mean {mean_std('test_dice_mean', '.3f')}",
+        "Dice WT/TC/ET " + " / ".join(_fmt(row[f"test_dice_{r}_mean"], ".3f") for r in ("wt", "tc", "et")),
+        "HD95 WT/TC/ET " + " / ".join(_fmt(row[f"test_hd95_{r}_mean"], ".1f") for r in ("wt", "tc", "et")),
+        f"Params {mean_std('params', '.3f', ' M', 1e6)}",
+        f"FLOPs {mean_std('flops', '.2f', ' G', 1e9)}",
+        f"Latency {mean_std('latency_ms', '.1f', ' ms')}",
+        f"PAM train {mean_std('pam_train_mb', '.0f', ' MB')}",
+        f"PAM inference {mean_std('pam_inference_mb', '.0f', ' MB')}",
+    ]
+    return "<br>".join(lines)
+
+
+def write_interactive_3d_analysis(results_df: pd.DataFrame, path: PathLike) -> Path:
+    """Offline plotly 3D scatter: parameters x FLOPs (or latency) x mean test Dice (``interactive_3d_analysis.html``).
+
+    The y axis is FLOPs when any model has them, else latency. plotly.js is inlined, so the file
+    opens without a network connection.
+    """
+    optional = [
+        *[c for c in DICE_COLUMNS if c != "test_dice_mean"],
+        *HD95_COLUMNS,
+        *PAM_COLUMNS,
+        *LATENCY_COLUMNS,
+        "flops",
+    ]
+    summary = _summary_for(results_df, ["params", "test_dice_mean"], optional, "results table")
+    if _has_values(summary, ["flops_mean"]):
+        y_column, y_title, y_scale, y_log = "flops_mean", "GFLOPs (log)", 1e9, True
+    elif _has_values(summary, ["latency_ms_mean"]):
+        y_column, y_title, y_scale, y_log = "latency_ms_mean", "Latency (ms)", 1.0, False
+    else:
+        raise ValueError(
+            "results table has neither FLOPs nor latency values; the 3D analysis needs one of them"
+        )
+    palette = model_palette(list(summary.index))
+    fig = go.Figure()
+    for model, row in summary.iterrows():
+        r, g, b = (int(255 * c) for c in palette[model])
+        dice_std = row["test_dice_mean_std"]
+        fig.add_trace(
+            go.Scatter3d(
+                x=[row["params_mean"] / 1e6],
+                y=[row[y_column] / y_scale],
+                z=[row["test_dice_mean_mean"]],
+                mode="markers+text",
+                name=str(model),
+                text=[str(model)],
+                hovertext=[_hover_text(str(model), row)],
+                hoverinfo="text",
+                marker={"size": 8, "color": f"rgb({r},{g},{b})", "line": {"width": 1, "color": "black"}},
+                error_z={"type": "data", "array": [dice_std], "visible": bool(math.isfinite(dice_std))},
+            )
+        )
+    fig.update_layout(
+        title="Accuracy vs efficiency (mean over seeds/folds; hover for details)",
+        scene={
+            "xaxis": {"title": {"text": "Parameters (M, log)"}, "type": "log"},
+            "yaxis": {"title": {"text": y_title}, "type": "log" if y_log else "linear"},
+            "zaxis": {"title": {"text": "Test mean Dice"}},
+        },
+        legend={"title": {"text": "model"}},
+        margin={"l": 0, "r": 0, "t": 50, "b": 0},
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_modality_contributions(df: pd.DataFrame, path: PathLike) -> Path:
+    """Mean attention weight per modality and model (``modality_contributions.png``).
+
+    Bars: mean of ``weight_mean`` over seeds/folds. Error bars: the spread of the weight over all
+    test cases of all runs, sqrt(mean(weight_std^2) + var(weight_mean)) (law of total variance,
+    equal cases per run). The dashed line marks equal contribution (1 / number of modalities).
+    """
+    _require_columns(df, ["model", "modality", "weight_mean", "weight_std"], "modality contributions table")
+    data = df.assign(model=df["model"].astype(str), modality=df["modality"].astype(str))
+    data["weight_std"] = pd.to_numeric(data["weight_std"], errors="coerce")
+    data["weight_var"] = data["weight_std"] ** 2
+    grouped = data.groupby(["modality", "model"], sort=False)
+    means = grouped["weight_mean"].mean().unstack("model")
+    spread = np.sqrt(grouped["weight_var"].mean() + grouped["weight_mean"].var(ddof=0)).unstack("model")
+    modalities = list(means.index)
+    order = [m for m in MODALITY_ORDER if m in modalities] + [
+        m for m in modalities if m not in MODALITY_ORDER
+    ]
+    models = _models_in_order(data)
+    means, spread = means.loc[order, models], spread.loc[order, models]
+    with drawing(path, figsize=(max(7.0, 1.6 * len(order) + 0.8 * len(models)), 4.8)) as (fig, axes):
+        ax = axes[0, 0]
+        _grouped_bars(ax, means, spread, model_palette(models), "Attention weight", "")
+        ax.set_xticks(ax.get_xticks(), labels=[m.upper() for m in order], rotation=0, ha="center")
+        ax.axhline(1.0 / len(order), color="0.3", linestyle="--", linewidth=1, label="equal share")
+        ax.legend(fontsize="small")
+        ax.set_ylim(0.0, min(1.0, float(np.nanmax((means + spread.fillna(0)).to_numpy())) * 1.2 + 0.02))
+        fig.suptitle("Modality contribution (attention weights over the test cases)")
+    return Path(path)
+
+
+def plot_stage_wise_pam(df: pd.DataFrame, path: PathLike) -> Path:
+    """Peak activation memory per stage, one panel per model (``stage_wise_pam.png``).
+
+    Several rows for the same (model, stage) are averaged. Raises ValueError when no PAM value
+    was measured (runs on CPU leave the columns empty).
+    """
+    _require_columns(df, ["model", "stage", *PAM_COLUMNS], "stage-wise PAM table")
+    if not _has_values(df, list(PAM_COLUMNS)):
+        raise ValueError("stage-wise PAM table holds no measured value (PAM needs a GPU run)")
+    data = df.assign(model=df["model"].astype(str), stage=df["stage"].astype(str))
+    data[list(PAM_COLUMNS)] = data[list(PAM_COLUMNS)].apply(pd.to_numeric, errors="coerce")
+    models = _models_in_order(data)
+    n_stages = int(data.groupby("model")["stage"].nunique().max())
+    with drawing(path, len(models), 1, figsize=(max(8.0, 0.7 * n_stages + 3.0), 3.2 * len(models))) as (
+        fig,
+        axes,
+    ):
+        for ax, model in zip(axes[:, 0], models):
+            stages = data[data["model"] == model].groupby("stage", sort=False)[list(PAM_COLUMNS)].mean()
+            stages.columns = list(PAM_COLUMNS.values())
+            _grouped_bars(ax, stages, None, None, "PAM (MB)", model)
+        fig.suptitle("Stage-wise peak activation memory")
+    return Path(path)
+
+
+def plot_per_case_dice(df: pd.DataFrame, path: PathLike) -> Path:
+    """Distribution of per-case test Dice (WT/TC/ET) per model, all seeds/folds pooled (``per_case_dice.png``)."""
+    _require_columns(df, ["model", *PER_CASE_DICE_COLUMNS], "per-case results table")
+    data = df.assign(model=df["model"].astype(str))
+    models = _models_in_order(data)
+    long = data.melt(
+        id_vars="model", value_vars=list(PER_CASE_DICE_COLUMNS), var_name="region", value_name="dice"
+    ).dropna(subset=["dice"])
+    long["region"] = long["region"].map(PER_CASE_DICE_COLUMNS)
+    with drawing(path, figsize=(min(max(9.0, 1.0 * len(models) + 5.0), 40.0), 5.0)) as (fig, axes):
+        ax = axes[0, 0]
+        with warnings.catch_warnings():
+            # seaborn 0.13 passes the deprecated ``vert`` argument to matplotlib >= 3.11
+            warnings.filterwarnings("ignore", message=".*vert: bool", category=DeprecationWarning)
+            sns.boxplot(
+                data=long,
+                x="model",
+                y="dice",
+                hue="region",
+                order=models,
+                hue_order=list(PER_CASE_DICE_COLUMNS.values()),
+                palette="Set2",
+                fliersize=2,
+                ax=ax,
+            )
+        if len(models) > 4:
+            ax.tick_params(axis="x", labelrotation=40)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("")
+        ax.set_ylabel("Per-case test Dice")
+        fig.suptitle("Per-case test Dice (seeds/folds pooled)")
+    return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole run folder
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlotJob:
+    """One chart of a run folder: which CSV it reads, what it writes, and when it has data."""
+
+    sources: tuple[str, ...]  # candidate CSV names, the first present one is used
+    output: str
+    plot: Callable[[pd.DataFrame, PathLike], Path]
+    has_data: Callable[[pd.DataFrame], bool] = field(default=lambda df: not df.empty)
+
+
+_RESULTS_SOURCES = ("integrated_experiment_results.csv", "model_comparison.csv")
+
+
+def _efficiency_data(df: pd.DataFrame) -> bool:
+    return _has_values(df, ["flops", "flops_mean", "latency_ms", "latency_ms_mean"])
+
+
+PLOT_JOBS: tuple[PlotJob, ...] = (
+    PlotJob(("all_epochs_results.csv",), "learning_curves.png", plot_learning_curves),
+    PlotJob(_RESULTS_SOURCES, "model_comparison_chart.png", plot_model_comparison),
+    PlotJob(_RESULTS_SOURCES, "parameter_efficiency.png", plot_parameter_efficiency),
+    PlotJob(
+        _RESULTS_SOURCES,
+        "interactive_3d_analysis.html",
+        write_interactive_3d_analysis,
+        lambda df: not df.empty and _efficiency_data(df),
+    ),
+    PlotJob(("per_case_results.csv",), "per_case_dice.png", plot_per_case_dice),
+    PlotJob(("modality_contributions.csv",), "modality_contributions.png", plot_modality_contributions),
+    PlotJob(
+        ("stage_wise_pam_results.csv",),
+        "stage_wise_pam.png",
+        plot_stage_wise_pam,
+        lambda df: not df.empty and _has_values(df, list(PAM_COLUMNS)),
+    ),
+)
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    """The CSV as a DataFrame, or None when the file is absent or has no header at all."""
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return None
+
+
+def make_all_plots(run_dir: PathLike) -> list[Path]:
+    """Draw every chart the CSVs of ``run_dir`` allow, into ``run_dir``; return the written paths.
+
+    Missing CSVs, empty tables and unmeasured quantities (PAM without a GPU, no attention model)
+    are skipped with a log message. Nothing is trained and no CSV is changed.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ValueError(f"run_dir {run_dir} is not a directory; pass a run folder holding the result CSVs")
+    tables: dict[str, pd.DataFrame | None] = {}
+    written: list[Path] = []
+    for job in PLOT_JOBS:
+        df = None
+        for name in job.sources:
+            if name not in tables:
+                tables[name] = _read_csv(run_dir / name)
+            if tables[name] is not None:
+                df = tables[name]
+                break
+        if df is None:
+            logger.info("skip %s: none of %s in %s", job.output, list(job.sources), run_dir)
+            continue
+        if not job.has_data(df):
+            logger.info("skip %s: no data to draw in %s", job.output, list(job.sources))
+            continue
+        written.append(job.plot(df, run_dir / job.output))
+    return written
