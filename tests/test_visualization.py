@@ -137,14 +137,10 @@ def test_summarize_runs_known_values():
 # ------------------------------------------------------------------ charts
 
 
-# Two models x two seeds with PAM are drawn by test_make_all_plots_full_run.
-@pytest.mark.parametrize(
-    "models,seeds,pam",
-    [(MODELS[:1], (24,), True), (MODELS, (24, 42), False)],
-    ids=["one_model_one_seed", "pam_all_nan"],
-)
-def test_results_charts(tmp_path, models, seeds, pam):
-    df = results_table(models, seeds, pam)
+# Two models x two seeds, with PAM (test_make_all_plots_full_run) and with PAM and latency all NaN
+# (test_make_all_plots_cpu_run_skips_what_is_missing), are drawn through make_all_plots.
+def test_results_charts_single_model_single_seed(tmp_path):
+    df = results_table(MODELS[:1], (24,))
     assert_png(plot_model_comparison(df, tmp_path / "model_comparison_chart.png"))
     assert_png(plot_parameter_efficiency(df, tmp_path / "parameter_efficiency.png"))
 

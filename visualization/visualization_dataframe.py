@@ -32,6 +32,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +157,15 @@ def _grouped_bars(
     ax.set_xticks(x, labels=labels, rotation=40 if rotate else 0, ha="right" if rotate else "center")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    ax.grid(axis="x", visible=False)
+    values = means.to_numpy(dtype=float)
+    if errors is not None:
+        values = values + np.nan_to_num(errors.reindex_like(means).to_numpy(dtype=float), nan=0.0)
+    top = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
+    if top > 0:
+        ax.set_ylim(0.0, top * (1.2 if n_series > 1 else 1.08))  # head room for the legend
     if n_series > 1:
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="upper center", ncol=min(n_series, 4))
 
 
 def _not_measured(ax: Axes, title: str, text: str = NOT_MEASURED) -> None:
@@ -263,6 +271,7 @@ def plot_learning_curves(epochs_df: pd.DataFrame, path: PathLike) -> Path:
             ax.set_title(title)
             ax.set_ylabel(title)
             ax.set_xlabel("Epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if axes[0, 0].get_legend() is not None:
             axes[0, 0].get_legend().remove()
             fig.legend(
@@ -288,23 +297,24 @@ def plot_model_comparison(results_df: pd.DataFrame, path: PathLike) -> Path:
     )
     width = min(max(12.0, 0.9 * len(summary) + 6.0), 40.0)
     region_colors = dict(zip(DICE_COLUMNS.values(), sns.color_palette("Set2", len(DICE_COLUMNS))))
-    panels: list[tuple[dict[str, str], str, str]] = [
-        (DICE_COLUMNS, "Dice", "Test Dice (mean ± std over seeds/folds)"),
-        (HD95_COLUMNS, "HD95 (mm)", "Test HD95 (mean ± std)"),
-        (PAM_COLUMNS, "Peak activation memory (MB)", "PAM (GPU)"),
-        (LATENCY_COLUMNS, "Latency (ms, batch 1)", "Inference latency"),
+    # (columns, y label, title, text when no value was measured)
+    panels: list[tuple[dict[str, str], str, str, str]] = [
+        (DICE_COLUMNS, "Dice", "Test Dice (mean ± std over seeds/folds)", "no values"),
+        (HD95_COLUMNS, "HD95 (mm)", "Test HD95 (mean ± std)", "no values"),
+        (PAM_COLUMNS, "Peak activation memory (MB)", "PAM (GPU)", NOT_MEASURED),
+        (LATENCY_COLUMNS, "Latency (ms, batch 1)", "Inference latency", "not measured"),
     ]
     with drawing(path, 2, 2, figsize=(width, 10.0)) as (fig, axes):
-        for ax, (columns, ylabel, title) in zip(axes.ravel(), panels):
+        for ax, (columns, ylabel, title, missing) in zip(axes.ravel(), panels):
             means = _stat_table(summary, columns, "mean")
             if not np.isfinite(means.to_numpy()).any():
-                _not_measured(ax, title)
+                _not_measured(ax, title, missing)
                 continue
             colors = region_colors if columns is not PAM_COLUMNS else None
             _grouped_bars(ax, means, _stat_table(summary, columns, "std"), colors, ylabel, title)
-        axes[0, 0].set_ylim(0.0, 1.05)
         n_runs = summary["n_runs"].to_numpy(dtype=float)
-        runs = "?" if not np.isfinite(n_runs).any() else f"{int(np.nanmin(n_runs))}-{int(np.nanmax(n_runs))}"
+        low, high = (int(np.nanmin(n_runs)), int(np.nanmax(n_runs))) if np.isfinite(n_runs).any() else (0, 0)
+        runs = "?" if high == 0 else str(low) if low == high else f"{low}-{high}"
         fig.suptitle(f"Model comparison ({len(summary)} models, runs per model: {runs})")
     return Path(path)
 
@@ -316,6 +326,14 @@ def _marker_areas(flops: np.ndarray, smallest: float = 40.0, largest: float = 90
         return np.full(flops.shape, 150.0)
     areas = np.where(finite, largest * flops / flops[finite].max(), smallest)
     return np.clip(areas, smallest, largest)
+
+
+def _minor_log_label(value: float, _pos: int | None = None) -> str:
+    """Engineering-notation label for the minor log ticks at 2, 3 and 5 x 10^k only (no crowding)."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return EngFormatter()(value) if round(mantissa) in (2, 3, 5) else ""
 
 
 def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
@@ -337,28 +355,33 @@ def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
             if np.isfinite(dice_std[i]):
                 ax.errorbar(params[i], dice[i], yerr=dice_std[i], color=color, capsize=3, zorder=2)
             ax.scatter(params[i], dice[i], s=areas[i], color=color, alpha=0.75, edgecolor="k", zorder=3)
+            offset = 0.5 * math.sqrt(areas[i]) + 2.0  # marker radius in points, plus a gap
             ax.annotate(
-                model, (params[i], dice[i]), xytext=(6, 6), textcoords="offset points", fontsize="small"
+                model,
+                (params[i], dice[i]),
+                xytext=(offset, offset),
+                textcoords="offset points",
+                fontsize="small",
             )
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(EngFormatter())
+        ax.xaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
+        ax.margins(x=0.2, y=0.1)
         ax.set_xlabel("Parameters (log scale)")
         ax.set_ylabel("Test mean Dice (WT/TC/ET)")
         finite = np.isfinite(flops) & (flops > 0)
         if finite.any():
-            shown = sorted({float(flops[finite].min()), float(flops[finite].max())})
-            handles = [
-                ax.scatter(
-                    [], [], s=_marker_areas(np.array([f, flops[finite].max()]))[0], color="0.6", edgecolor="k"
-                )
-                for f in shown
-            ]
+            known = np.flatnonzero(finite)
+            shown = sorted({int(known[np.argmin(flops[known])]), int(known[np.argmax(flops[known])])})
+            handles = [ax.scatter([], [], s=areas[i], color="0.6", edgecolor="k") for i in shown]
             ax.legend(
                 handles,
-                [f"{f / 1e9:.3g} GFLOPs" for f in shown],
+                [f"{flops[i] / 1e9:.3g} GFLOPs" for i in shown],
                 title="marker area ~ FLOPs",
-                loc="lower right",
-                labelspacing=1.5,
-                borderpad=1.0,
+                loc="best",
+                labelspacing=1.8,
+                borderpad=1.2,
+                handletextpad=1.8,
             )
         else:
             ax.set_title("FLOPs not measured (uniform markers)", fontsize="small")
