@@ -80,10 +80,11 @@ class PatchDataset(Dataset):
         self.seed = seed
         self.epoch = 0
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
 
-    def __getstate__(self) -> dict:  # never pickle memory maps into DataLoader workers
+    def __getstate__(self) -> dict:  # never pickle memory maps or scratch buffers into DataLoader workers
         state = self.__dict__.copy()
-        state["_arrays"] = {}
+        state["_arrays"], state["_scratch"] = {}, None
         return state
 
     def set_epoch(self, epoch: int) -> None:
@@ -127,17 +128,28 @@ class PatchDataset(Dataset):
             dst.append(slice(lo - begin, hi - begin))
         src, dst = tuple(src), tuple(dst)
         inside = all(d.start == 0 and d.stop == r for d, r in zip(dst, self.region))
-        alloc = np.empty if inside else np.zeros
-        out_image = alloc((len(self.channels),) + self.region, dtype=np.float32)
-        out_label = alloc(self.region, dtype=np.int64)
-        # Flip by writing through reversed views of the (contiguous) outputs: one pass, no extra copy.
+        image_buf, label_buf = self._buffers(image.dtype, label.dtype)
+        if not inside:  # zero padding outside the volume
+            image_buf.fill(0)
+            label_buf.fill(0)
+        # Crop (and flip, by writing through reversed views) in the stored dtypes into reused buffers,
+        # then convert once with torch's vectorised casts into fresh output tensors.
         flip = tuple(slice(None, None, -1) if f else slice(None) for f in spec.flips)
         for k, channel in enumerate(self.channels):
-            out_image[k][flip][dst] = image[channel][src]
-        out_label[flip][dst] = label[src]
-        squeeze = 3 - self._region_ndim
-        out_image = out_image.reshape((len(self.channels),) + self.region[squeeze:])
-        return torch.from_numpy(out_image), torch.from_numpy(out_label.reshape(self.region[squeeze:]))
+            image_buf[k][flip][dst] = image[channel][src]
+        label_buf[flip][dst] = label[src]
+        shape = self.region[3 - self._region_ndim:]
+        out_image = torch.from_numpy(image_buf).to(torch.float32).reshape((len(self.channels),) + shape)
+        return out_image, torch.from_numpy(label_buf).to(torch.int64).reshape(shape)
+
+    def _buffers(self, image_dtype: np.dtype, label_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Per-process scratch arrays holding one region in the cache's dtypes (reused across items)."""
+        buffers = self._scratch
+        if buffers is None or buffers[0].dtype != image_dtype or buffers[1].dtype != label_dtype:
+            buffers = (np.empty((len(self.channels),) + self.region, dtype=image_dtype),
+                       np.empty(self.region, dtype=label_dtype))
+            self._scratch = buffers
+        return buffers
 
 
 class SliceDataset(PatchDataset):

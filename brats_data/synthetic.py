@@ -36,7 +36,7 @@ TISSUE_INTENSITY: dict[str, tuple[float, float, float, float]] = {
     "necrosis": (0.42, 0.32, 1.50, 0.95),
 }
 TUMOUR_LABELS = {"edema": 2, "enhancing": 4, "necrosis": 1}
-NECROSIS_PROBABILITY = 0.75
+NECROSIS_PROBABILITY = 0.8
 WHOLE_TUMOUR_FRACTION = (0.03, 0.12)  # target fraction of the brain volume (before irregularity)
 NOISE_SIGMA = 0.03  # Rician noise, relative to the white-matter T1 intensity
 BIAS_STRENGTH = 0.15
@@ -57,23 +57,23 @@ def _ellipsoid_radius(shape: tuple[int, ...], centre: np.ndarray, axes: np.ndarr
 
 
 def _brain_phantom(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Brain mask and per-tissue weights (wm, gm, csf) summing to 1 inside the brain."""
+    """Brain mask and tissue weights (wm, gm, csf) of the brain voxels: (3, n_brain), summing to 1."""
     size = np.array(shape, dtype=np.float32)
     centre = size / 2 + rng.uniform(-0.03, 0.03, 3) * size
     axes = size / 2 * rng.uniform(0.80, 0.90, 3)
     radius = _ellipsoid_radius(shape, centre, axes) * (1 + 0.05 * _smooth_noise(rng, shape, 16))
     brain = radius < 1.0
+    radius = radius[brain]
     # White matter inside, grey-matter ribbon outside, with smooth gyral irregularity.
-    wm = np.clip((0.80 - radius) / 0.12 + 0.9 * _smooth_noise(rng, shape, 6), 0.0, 1.0)
+    wm = np.clip((0.80 - radius) / 0.12 + 0.9 * _smooth_noise(rng, shape, 6)[brain], 0.0, 1.0)
     # Ventricles: two small ellipsoids beside the centre; sulcal CSF at the brain surface.
-    ventricles = np.zeros(shape, dtype=bool)
+    csf = radius > 0.95
     for side in (-1, 1):
         v_centre = centre + np.array([side * 0.12, 0.05, 0.0]) * axes
-        ventricles |= _ellipsoid_radius(shape, v_centre, axes * np.array([0.07, 0.25, 0.18])) < 1
-    csf = (ventricles | (radius > 0.95)).astype(np.float32)
-    wm = wm * (1 - csf)
-    weights = np.stack([wm, (1 - wm) * (1 - csf), csf]) * brain
-    return brain, weights
+        csf |= _ellipsoid_radius(shape, v_centre, axes * np.array([0.07, 0.25, 0.18]))[brain] < 1
+    csf = csf.astype(np.float32)
+    wm *= 1 - csf
+    return brain, np.stack([wm, (1 - wm) * (1 - csf), csf])
 
 
 def _tumour(rng: np.random.Generator, brain: np.ndarray) -> np.ndarray:
@@ -99,12 +99,12 @@ def _tumour(rng: np.random.Generator, brain: np.ndarray) -> np.ndarray:
     cell = max(2.0, radius / 2)
     dist = _ellipsoid_radius(box_shape, local_centre, axes) * (1 + 0.25 * _smooth_noise(rng, box_shape, cell))
     core_dist = dist * (1 + 0.15 * _smooth_noise(rng, box_shape, cell))
-    core_radius = rng.uniform(0.45, 0.65)
+    core_radius = rng.uniform(0.55, 0.8)
     labels = np.zeros(box_shape, dtype=np.uint8)
     labels[dist < 1.0] = TUMOUR_LABELS["edema"]
     labels[core_dist < core_radius] = TUMOUR_LABELS["enhancing"]
     if rng.uniform() < NECROSIS_PROBABILITY:
-        labels[core_dist < core_radius * rng.uniform(0.45, 0.7)] = TUMOUR_LABELS["necrosis"]
+        labels[core_dist < core_radius * rng.uniform(0.5, 0.75)] = TUMOUR_LABELS["necrosis"]
     seg = np.zeros(shape, dtype=np.uint8)
     seg[box] = labels
     seg[~brain] = 0
@@ -116,25 +116,24 @@ def synthesize_case(seed: int, index: int, shape: tuple[int, int, int] = DEFAULT
     rng = np.random.default_rng([seed, index])
     brain, weights = _brain_phantom(rng, shape)
     seg = _tumour(rng, brain)
-    texture = 1 + 0.04 * _smooth_noise(rng, shape, 2)
-    scale = 600.0
-    images = np.empty((len(MODALITIES),) + tuple(shape), dtype=np.int16)
-    tumour = seg > 0
-    tumour_labels = seg[tumour]
+    labels = seg[brain]
+    tumour = labels > 0
+    texture = 1 + 0.04 * _smooth_noise(rng, shape, 2)[brain]
+    images = np.zeros((len(MODALITIES),) + tuple(shape), dtype=np.int16)
     for m in range(len(MODALITIES)):
         healthy = np.array([TISSUE_INTENSITY[t][m] for t in ("wm", "gm", "csf")], dtype=np.float32)
-        tissue = np.tensordot(healthy, weights, axes=1)
+        tissue = healthy @ weights
         contrast = np.zeros(max(TUMOUR_LABELS.values()) + 1, dtype=np.float32)
         for name, label in TUMOUR_LABELS.items():
             contrast[label] = TISSUE_INTENSITY[name][m] * rng.uniform(0.93, 1.07)
-        tissue[tumour] = contrast[tumour_labels]
-        gain = scale * rng.uniform(0.8, 1.25)
-        bias = np.exp(BIAS_STRENGTH * _smooth_noise(rng, shape, max(shape) / 2))
+        tissue[tumour] = contrast[labels[tumour]]
+        gain = np.float32(600.0 * rng.uniform(0.8, 1.25))
+        bias = np.exp(BIAS_STRENGTH * _smooth_noise(rng, shape, max(shape) / 2)[brain])
         signal = tissue * texture * bias * gain
-        sigma = NOISE_SIGMA * gain
-        noisy = np.hypot(signal + sigma * rng.standard_normal(shape, dtype=np.float32),
-                         sigma * rng.standard_normal(shape, dtype=np.float32))
-        images[m] = np.where(brain, np.clip(np.rint(noisy), 1, np.iinfo(np.int16).max), 0)
+        sigma = np.float32(NOISE_SIGMA) * gain
+        noise = rng.standard_normal((2, len(signal)), dtype=np.float32) * sigma
+        noisy = np.hypot(signal + noise[0], noise[1])
+        images[m][brain] = np.clip(np.rint(noisy), 1, np.iinfo(np.int16).max)
     return images, seg
 
 
