@@ -14,8 +14,10 @@ binary_erosion(mask)`` (scipy's default cross-shaped structuring element, outsid
 counted as background); the distances from each surface voxel of one mask to the nearest
 surface voxel of the other are measured in physical units; the result is the larger of the two
 directed 95th percentiles (linear interpolation, as ``torch.quantile``). It is computed faster
-than MONAI by cropping both masks to the bounding box of their union (plus a 1-voxel margin)
-and running one exact Euclidean distance transform per direction on that small crop.
+than MONAI by cropping both label maps once to the bounding box of the whole tumour (the union
+of both WT masks, plus a 1-voxel margin) and each region again to its own union box, so the
+full volume is touched only by two comparisons; the exact nearest-surface distances come from a
+KD-tree (scipy.spatial) over the surface voxels, skipping voxels shared by both surfaces.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.spatial import KDTree
 
 NUM_CLASSES = 4
 HD95_EMPTY = 373.13
@@ -122,9 +125,21 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 
 
 def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """Physical distance from every voxel of ``from_surface`` to the nearest voxel of ``to_surface``."""
-    distance_map = ndimage.distance_transform_edt(~to_surface, sampling=spacing)
-    return distance_map[from_surface]
+    """Physical distance from every voxel of ``from_surface`` to the nearest voxel of ``to_surface``.
+
+    Exact nearest-neighbour search (a KD-tree over the physical coordinates of ``to_surface``),
+    which on these sparse surfaces is several times faster than a dense distance transform of the
+    crop. Voxels on both surfaces are at distance 0 and are not queried.
+    """
+    scale = np.asarray(spacing, dtype=np.float64)
+    shared = from_surface & to_surface
+    distances = np.zeros(int(np.count_nonzero(from_surface)))
+    # distances are ordered like the voxels of from_surface in C order; mark the non-shared ones
+    pending = ~shared[from_surface]
+    if pending.any():
+        tree = KDTree(np.argwhere(to_surface) * scale, leafsize=32)
+        distances[pending] = tree.query(np.argwhere(from_surface & ~to_surface) * scale)[0]
+    return distances
 
 
 def dice_coefficient(pred_mask: ArrayLike, target_mask: ArrayLike) -> float:
