@@ -15,3 +15,10 @@ def doubling(xs_widths: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
 
 # 3D U-Net (MaxPool and stride-conv variants): five stages, widths doubling with depth.
 UNET_CHANNELS = doubling((8, 16, 32, 64, 128))
+
+# Dual-/multi-branch U-Nets (models/dualbranch.py, models/multibranch.py): widths of stages 1..5.
+# Stages before the fusion stage have these widths in *each* branch (their skips concatenate the
+# branches); the fused stages and the decoder have them once.
+DUALBRANCH_CHANNELS = doubling((8, 16, 32, 64, 128))
+# MobileViT blocks inside them: transformer width = stage width, layers, heads, patch edge.
+DUALBRANCH_MVIT = {"depth": 2, "heads": 4, "patch_size": 2}
