@@ -223,7 +223,7 @@ def write_run_folder(run_dir: Path, pam: bool = True, modality: bool = True) -> 
 def test_make_all_plots_full_run(tmp_path):
     run = tmp_path / "run"
     before = write_run_folder(run)
-    written = make_all_plots(run)
+    written = make_all_plots(run, strict=True)
     assert {p.name for p in written} == ALL_OUTPUTS
     assert all(p.parent == run and p.stat().st_size > 10_000 for p in written)
     assert {name: (run / name).read_bytes() for name in before} == before, "a CSV was changed"
@@ -267,6 +267,15 @@ def test_make_all_plots_falls_back_to_model_comparison(tmp_path):
 
 def test_make_all_plots_empty_folder(tmp_path):
     assert make_all_plots(tmp_path) == []
+
+
+def test_make_all_plots_malformed_table_warns_or_raises(tmp_path, caplog):
+    per_case_table().drop(columns="dice_et").to_csv(tmp_path / "per_case_results.csv", index=False)
+    with caplog.at_level("WARNING", logger="visualization.visualization_dataframe"):
+        assert make_all_plots(tmp_path) == []
+    assert "per_case_dice.png" in caplog.text and "dice_et" in caplog.text
+    with pytest.raises(ValueError, match="lacks column"):
+        make_all_plots(tmp_path, strict=True)
 
 
 # ------------------------------------------------------------------ segmentation slices

@@ -121,7 +121,9 @@ def plot_segmentation_slices(
     channel, channel_title = _display_channel(image.shape[0], modality_names)
     volume = image[channel].astype(np.float32)
     brain = volume[volume != 0]
-    vmin, vmax = np.percentile(brain if brain.size else volume, [1.0, 99.0])
+    vmin, vmax = np.nanpercentile(brain if brain.size else volume, [1.0, 99.0])
+    if not (np.isfinite(vmin) and np.isfinite(vmax)):
+        vmin, vmax = 0.0, 1.0
     if vmax <= vmin:
         vmax = vmin + 1.0
 

@@ -622,11 +622,14 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return None
 
 
-def make_all_plots(run_dir: PathLike) -> list[Path]:
+def make_all_plots(run_dir: PathLike, strict: bool = False) -> list[Path]:
     """Draw every chart the CSVs of ``run_dir`` allow, into ``run_dir``; return the written paths.
 
     Missing CSVs, empty tables and unmeasured quantities (PAM without a GPU, no attention model)
-    are skipped with a log message. Nothing is trained and no CSV is changed.
+    are skipped with an INFO log message. A table that cannot be drawn (e.g. a required column
+    is missing: the chart function raises ValueError) is skipped with a WARNING naming the chart
+    and the reason, so the finished results of a long run never end in a crash; ``strict=True``
+    re-raises instead. Nothing is trained and no CSV is changed.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -647,5 +650,10 @@ def make_all_plots(run_dir: PathLike) -> list[Path]:
         if not job.has_data(df):
             logger.info("skip %s: no data to draw in %s", job.output, list(job.sources))
             continue
-        written.append(job.plot(df, run_dir / job.output))
+        try:
+            written.append(job.plot(df, run_dir / job.output))
+        except ValueError as err:
+            if strict:
+                raise
+            logger.warning("skip %s: %s", job.output, err)
     return written
