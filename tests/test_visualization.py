@@ -11,6 +11,7 @@ import pytest
 
 from visualization import (
     make_all_plots,
+    modality_weight_summary,
     plot_learning_curves,
     plot_modality_contributions,
     plot_model_comparison,
@@ -164,6 +165,17 @@ def test_interactive_html_is_offline_and_names_models(tmp_path):
     assert "PAM train not measured" in text
     with pytest.raises(ValueError, match="neither FLOPs nor latency"):
         write_interactive_3d_analysis(no_gpu.assign(flops=np.nan), tmp_path / "b.html")
+
+
+def test_modality_weight_summary_known_answer():
+    df = modality_table(seeds=(24, 42))  # flair: weight_mean 0.40 and 0.41, weight_std 0.05 each
+    means, spread = modality_weight_summary(df)
+    assert list(means.index) == ["t1", "t1ce", "t2", "flair"]  # canonical order, not file order
+    assert list(means.columns) == ["quadbranch_4modal_attention_unet_s"]
+    assert means.iloc[:, 0].to_numpy() == pytest.approx([0.105, 0.305, 0.205, 0.405])
+    assert spread.loc["flair"].iloc[0] == pytest.approx(np.sqrt(0.05**2 + 0.005**2))
+    _, single = modality_weight_summary(modality_table(seeds=(24,)))
+    assert single.to_numpy() == pytest.approx(0.05)
 
 
 def test_modality_contributions_two_models_one_seed(tmp_path):

@@ -3,6 +3,7 @@
 from visualization.visualization_3d import plot_segmentation_slices, tumour_slices
 from visualization.visualization_dataframe import (
     make_all_plots,
+    modality_weight_summary,
     plot_learning_curves,
     plot_modality_contributions,
     plot_model_comparison,
@@ -15,6 +16,7 @@ from visualization.visualization_dataframe import (
 
 __all__ = [
     "make_all_plots",
+    "modality_weight_summary",
     "plot_learning_curves",
     "plot_model_comparison",
     "plot_parameter_efficiency",

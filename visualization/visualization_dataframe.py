@@ -479,26 +479,37 @@ def write_interactive_3d_analysis(results_df: pd.DataFrame, path: PathLike) -> P
     return path
 
 
-def plot_modality_contributions(df: pd.DataFrame, path: PathLike) -> Path:
-    """Mean attention weight per modality and model (``modality_contributions.png``).
+def modality_weight_summary(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean attention weight and its spread per modality (rows, canonical order) and model (columns).
 
-    Bars: mean of ``weight_mean`` over seeds/folds. Error bars: the spread of the weight over all
-    test cases of all runs, sqrt(mean(weight_std^2) + var(weight_mean)) (law of total variance,
-    equal cases per run). The dashed line marks equal contribution (1 / number of modalities).
+    The mean is taken over seeds/folds of ``weight_mean``. The spread is the std of the weight over
+    all test cases of all runs, sqrt(mean(weight_std^2) + var(weight_mean)) (law of total
+    variance, equal number of cases per run); with one run it is that run's ``weight_std``.
     """
     _require_columns(df, ["model", "modality", "weight_mean", "weight_std"], "modality contributions table")
-    data = df.assign(model=df["model"].astype(str), modality=df["modality"].astype(str))
-    data["weight_std"] = pd.to_numeric(data["weight_std"], errors="coerce")
-    data["weight_var"] = data["weight_std"] ** 2
+    data = df.assign(
+        model=df["model"].astype(str),
+        modality=df["modality"].astype(str),
+        weight_mean=pd.to_numeric(df["weight_mean"], errors="coerce"),
+        weight_var=pd.to_numeric(df["weight_std"], errors="coerce") ** 2,
+    )
     grouped = data.groupby(["modality", "model"], sort=False)
     means = grouped["weight_mean"].mean().unstack("model")
     spread = np.sqrt(grouped["weight_var"].mean() + grouped["weight_mean"].var(ddof=0)).unstack("model")
-    modalities = list(means.index)
-    order = [m for m in MODALITY_ORDER if m in modalities] + [
-        m for m in modalities if m not in MODALITY_ORDER
-    ]
+    present = list(means.index)
+    order = [m for m in MODALITY_ORDER if m in present] + [m for m in present if m not in MODALITY_ORDER]
     models = _models_in_order(data)
-    means, spread = means.loc[order, models], spread.loc[order, models]
+    return means.loc[order, models], spread.loc[order, models]
+
+
+def plot_modality_contributions(df: pd.DataFrame, path: PathLike) -> Path:
+    """Mean attention weight per modality and model (``modality_contributions.png``).
+
+    Bars and error bars come from :func:`modality_weight_summary`; the dashed line marks equal
+    contribution (1 / number of modalities).
+    """
+    means, spread = modality_weight_summary(df)
+    order, models = list(means.index), list(means.columns)
     with drawing(path, figsize=(max(7.0, 1.6 * len(order) + 0.8 * len(models)), 4.8)) as (fig, axes):
         ax = axes[0, 0]
         _grouped_bars(ax, means, spread, model_palette(models), "Attention weight", "")
