@@ -24,7 +24,7 @@ def test_weighted_sum_of_separate_dice_and_ce(kind):
     ce = F.cross_entropy(logits, target)
     dice_weight, ce_weight = LOSS_WEIGHTS[kind]
     expected = dice_weight * dice + ce_weight * ce
-    torch.testing.assert_close(make_loss(kind)(logits, target), expected)
+    assert torch.allclose(make_loss(kind)(logits, target), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_default_is_nnunet_weights():
@@ -52,7 +52,7 @@ def test_gradients_finite_and_channel_dim_target_accepted():
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
-    torch.testing.assert_close(make_loss()(logits.detach(), target[:, None]), loss.detach())
+    assert torch.equal(make_loss()(logits.detach(), target[:, None]), loss.detach())
 
 
 def test_bad_arguments_raise():
@@ -63,3 +63,10 @@ def test_bad_arguments_raise():
         make_loss()(logits, target[:, :3])
     with pytest.raises(ValueError, match="integer"):
         make_loss()(logits, target.float())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_loss_on_cuda_equals_cpu():
+    logits, target = logits_and_target(seed=3)
+    on_gpu = make_loss().cuda()(logits.cuda(), target.cuda())
+    assert torch.allclose(on_gpu.cpu(), make_loss()(logits, target), rtol=1e-5, atol=1e-6)

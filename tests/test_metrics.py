@@ -357,3 +357,12 @@ def test_region_dice_counts_known_counts_and_errors():
         region_dice_counts(pred.float(), target)
     with pytest.raises(ValueError, match="same shape"):
         region_dice_counts(pred, target[:, :3])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_region_dice_counts_on_cuda_equal_cpu():
+    pred = torch.from_numpy(random_label_map((12, 14, 10), 50)).long()[None]
+    target = torch.from_numpy(random_label_map((12, 14, 10), 51)).long()[None]
+    counts = region_dice_counts(pred.cuda(), target.cuda())
+    assert counts.device.type == "cuda"
+    assert torch.equal(counts.cpu(), region_dice_counts(pred, target))
