@@ -197,10 +197,7 @@ def region_mask(label_map: np.ndarray, region: str) -> np.ndarray:
     """Binary mask of a BraTS region (``"wt"``, ``"tc"`` or ``"et"``) of a label map."""
     if region not in REGIONS:
         raise ValueError(f"unknown region {region!r}; expected one of {tuple(REGIONS)}")
-    classes = REGIONS[region]
-    if classes == (1, 2, 3):
-        return label_map > 0
-    return np.isin(label_map, classes)
+    return np.isin(label_map, REGIONS[region])
 
 
 def brats_region_metrics(

@@ -23,6 +23,7 @@ from metrics import (
     mean_metrics,
     precision_recall,
     region_dice_counts,
+    region_mask,
 )
 
 
@@ -366,3 +367,12 @@ def test_region_dice_counts_on_cuda_equal_cpu():
     counts = region_dice_counts(pred.cuda(), target.cuda())
     assert counts.device.type == "cuda"
     assert torch.equal(counts.cpu(), region_dice_counts(pred, target))
+
+
+def test_region_mask():
+    labels = np.array([0, 1, 2, 3])
+    np.testing.assert_array_equal(region_mask(labels, "wt"), [False, True, True, True])
+    np.testing.assert_array_equal(region_mask(labels, "tc"), [False, True, False, True])
+    np.testing.assert_array_equal(region_mask(labels, "et"), [False, False, False, True])
+    with pytest.raises(ValueError, match="wt"):
+        region_mask(labels, "ncr")
