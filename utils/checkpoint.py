@@ -26,7 +26,7 @@ _PLAIN = (str, int, float, bool, type(None))
 
 def check_plain(obj: Any, where: str = "checkpoint") -> None:
     """Raise TypeError unless ``obj`` is built from tensors, plain scalars, lists, tuples and str-keyed dicts."""
-    if isinstance(obj, torch.Tensor | _PLAIN):
+    if isinstance(obj, (torch.Tensor, *_PLAIN)):
         return
     if isinstance(obj, Mapping):
         for k, v in obj.items():
