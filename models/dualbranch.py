@@ -268,7 +268,7 @@ class MultiBranchUNet(nn.Module):
                 f"expected {len(self.in_modalities)} input channels {self.in_modalities}, got shape {tuple(x.shape)}"
             )
         branch_feats = [getattr(self, name)(x[:, idx]) for name, idx in zip(self._branch_names, self._branch_channels)]
-        skips = self.fusion(branch_feats)
+        skips = list(self.fusion(branch_feats))  # a copy: fused stages append to it
         if self.fusion.last_weights is not None:
             self.modality_weights = self.fusion.last_weights
         h = skips[-1]
