@@ -3,7 +3,7 @@
 Ours: ``metrics.brats_region_metrics(pred, target)`` on the two uint8 label maps (region masks
 built inside, as in evaluation). MONAI: ``compute_dice`` + ``compute_hausdorff_distance
 (percentile=95)`` on (1, 3, Z, Y, X) float region masks (WT, TC, ET) prepared beforehand, so the
-conversion is not charged to MONAI. Both run on the CPU, several repetitions, median reported.
+conversion is not charged to MONAI. Both run on the CPU, alternately, several repetitions; medians reported.
 The script asserts that both give the same values.
 
 Run: ``python benchmarks/bench_metrics.py [--repeats 5] [--seed 0]``. Last line:
@@ -70,13 +70,10 @@ def monai_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     return out
 
 
-def median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times), times
+def time_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
 
 
 def main() -> None:
@@ -98,8 +95,12 @@ def main() -> None:
         assert abs(value - reference[key]) <= rel * max(abs(reference[key]), 1e-12), (key, value, reference[key])
     print("values (ours == MONAI): " + ", ".join(f"{k}={v:.4f}" for k, v in ours.items()))
 
-    ours_ms, ours_all = median_ms(lambda: brats_region_metrics(pred, target), args.repeats)
-    monai_ms, monai_all = median_ms(lambda: monai_metrics(pred_t, target_t), args.repeats)
+    # Alternate the two so that a change of machine load affects both alike.
+    ours_all, monai_all = [], []
+    for _ in range(args.repeats):
+        ours_all.append(time_ms(lambda: brats_region_metrics(pred, target)))
+        monai_all.append(time_ms(lambda: monai_metrics(pred_t, target_t)))
+    ours_ms, monai_ms = statistics.median(ours_all), statistics.median(monai_all)
     print(f"ours  ms: median {ours_ms:.1f}  all {[round(t, 1) for t in ours_all]}")
     print(f"MONAI ms: median {monai_ms:.1f}  all {[round(t, 1) for t in monai_all]}")
     print(f"threads: torch {torch.get_num_threads()}")
