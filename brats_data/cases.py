@@ -194,7 +194,7 @@ def validate_case(case: CaseRecord, *, full: bool = False) -> None:
         if img.shape != reference.shape:
             raise BadCaseError(case.case_id, path,
                                f"shape {img.shape} differs from {reference.shape} of {reference_path.name}")
-        if not np.allclose(img.affine, reference.affine, atol=AFFINE_TOLERANCE):
+        if not np.allclose(img.affine, reference.affine, rtol=0.0, atol=AFFINE_TOLERANCE):
             raise BadCaseError(case.case_id, path,
                                f"affine differs from that of {reference_path.name} (tolerance {AFFINE_TOLERANCE})")
     if full:

@@ -253,3 +253,11 @@ def test_dataloader_workers_give_the_same_samples(cache: PreprocessedCache) -> N
     labels = torch.cat([b[1] for b in batches])
     assert torch.equal(images, torch.stack([s[0] for s in serial]))
     assert torch.equal(labels, torch.stack([s[1] for s in serial]))
+
+
+def test_foreground_subsampling_is_even() -> None:
+    from brats_data.cache import _subsample
+
+    points = np.arange(30, dtype=np.int32).reshape(10, 3)
+    assert _subsample(points, 20) is points
+    assert _subsample(points, 4)[:, 0].tolist() == [0, 9, 18, 27]  # rows 0, 3, 6, 9
