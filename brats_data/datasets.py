@@ -9,9 +9,11 @@ are zero-padded (label 0).  Random flips (p = 0.5 per spatial axis) act on image
 
 from __future__ import annotations
 
+import multiprocessing
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.context import get_spawning_popen
 
 import numpy as np
 import torch
@@ -62,8 +64,8 @@ class PatchDataset(Dataset):
         samples_per_epoch: length of the dataset.
         fg_fraction: probability that a patch is centred on a foreground voxel.
         flips: random flips along each spatial axis.
-        seed: base seed; call :meth:`set_epoch` each epoch for new samples (with persistent
-            DataLoader workers the workers keep their own copy, so use non-persistent workers).
+        seed: base seed; call :meth:`set_epoch` before each epoch for new samples (the epoch lives
+            in shared memory, so persistent DataLoader workers see it too).
     """
 
     _region_ndim = 3  # how many trailing sizes of the region the caller gives
@@ -89,17 +91,30 @@ class PatchDataset(Dataset):
         self.fg_fraction = float(fg_fraction)
         self.flips = flips
         self.seed = seed
-        self.epoch = 0
+        # Shared memory, so that set_epoch() also reaches persistent DataLoader workers.
+        self._epoch = multiprocessing.RawValue("q", 0)
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
-    def __getstate__(self) -> dict:  # never pickle memory maps into DataLoader workers
+    def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_arrays"] = {}
+        state["_arrays"] = {}  # never pickle memory maps into DataLoader workers
+        if get_spawning_popen() is None:  # plain pickling, not starting a worker: a private epoch copy
+            state["_epoch"] = self.epoch
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["_epoch"], int):
+            state["_epoch"] = multiprocessing.RawValue("q", state["_epoch"])
+        self.__dict__.update(state)
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (shared with this dataset's DataLoader workers, persistent ones included)."""
+        return int(self._epoch.value)
+
     def set_epoch(self, epoch: int) -> None:
-        """Select the samples of ``epoch``."""
-        self.epoch = int(epoch)
+        """Select the samples of ``epoch``; call it before iterating the DataLoader of that epoch."""
+        self._epoch.value = int(epoch)
 
     def __len__(self) -> int:
         return self.samples_per_epoch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -261,3 +262,20 @@ def test_foreground_subsampling_is_even() -> None:
     points = np.arange(30, dtype=np.int32).reshape(10, 3)
     assert _subsample(points, 20) is points
     assert _subsample(points, 4)[:, 0].tolist() == [0, 9, 18, 27]  # rows 0, 3, 6, 9
+
+
+def test_set_epoch_reaches_persistent_workers(cache: PreprocessedCache) -> None:
+    # Checked with multiprocessing_context="spawn" too (passes, but costs ~13 s of worker start-up).
+    ds = PatchDataset(cache, cache.case_ids, ("flair",), (6, 6, 6), samples_per_epoch=4, seed=8)
+    expected = {}
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        expected[epoch] = torch.stack([ds[i][0] for i in range(4)])
+    assert not torch.equal(expected[0], expected[1])
+    loader = DataLoader(ds, batch_size=4, num_workers=2, persistent_workers=True)
+    for epoch in (0, 1, 0):
+        ds.set_epoch(epoch)
+        assert torch.equal(next(iter(loader))[0], expected[epoch])
+    copy = pickle.loads(pickle.dumps(ds))  # plain pickling works and keeps a private epoch
+    copy.set_epoch(5)
+    assert (copy.epoch, ds.epoch) == (5, 0)
