@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import data_loader as dl
 import numpy as np
 import pandas as pd
 import torch
@@ -34,6 +33,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+import data_loader as dl
 from losses import make_loss
 from metrics import (
     REGION_METRIC_KEYS,
