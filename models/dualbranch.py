@@ -284,6 +284,19 @@ class MultiBranchUNet(nn.Module):
         return reparameterize_model(self)
 
 
+def check_patch(name: str, config: MultiBranchConfig, patch_size: Sequence[int]) -> None:
+    """ValueError unless every axis survives the four downsamplings (the registry's check, which
+    also rejects a single-voxel bottleneck) and, with MobileViT, splits into whole patches."""
+    check_divisible(name, patch_size, 2 ** (N_STAGES - 1))
+    for axis, p in zip(("Z", "Y", "X")[-len(patch_size) :], patch_size):
+        if p % config.divisor:
+            raise ValueError(
+                f"{name}: patch size {tuple(patch_size)} has {axis}={p}, which is not divisible by {config.divisor} "
+                f"(MobileViT at stages {config.mvit_stages} needs whole {config.mvit.patch_size}-voxel patches); "
+                f"use multiples of {config.divisor}"
+            )
+
+
 def make_factory(config: MultiBranchConfig, widths: Sequence[int], name: str) -> Callable[..., nn.Module]:
     """A registry factory ``(dim, patch_size, in_channels, out_channels)`` for one configuration."""
     modalities = tuple(m for m in MODALITIES if any(m in b.modalities for b in config.branches))
@@ -291,7 +304,7 @@ def make_factory(config: MultiBranchConfig, widths: Sequence[int], name: str) ->
     def factory(dim: str, patch_size: Sequence[int], in_channels: int, out_channels: int) -> nn.Module:
         if in_channels != len(modalities):
             raise ValueError(f"{name} reads {modalities} ({len(modalities)} channels), got in_channels={in_channels}")
-        check_divisible(name, patch_size, config.divisor)
+        check_patch(name, config, patch_size)
         return MultiBranchUNet(config, widths, modalities, spatial_dims(dim), out_channels)
 
     return factory
