@@ -343,3 +343,15 @@ def test_block_stage_downsamples_and_changes_width(spec, spatial_dims):
     assert y.shape == (1, 8, *([4] * spatial_dims))
     y.square().mean().backward()
     assert all(p.grad is not None for p in stage.parameters())
+
+
+@pytest.mark.parametrize("name", ["dualbranch_06_unet_xs", "dualbranch_mobilenetv2_dilated_xs", "quadbranch_4modal_unet_s"])
+def test_top_level_children_run_once_in_declared_order(name):
+    """Per-stage memory hooks the top-level children: each runs once, in declaration order."""
+    model = create_model(name, "2d", (32, 32)).eval()
+    called: list[str] = []
+    for child_name, child in model.named_children():
+        child.register_forward_hook(lambda *_, n=child_name: called.append(n))
+    with torch.no_grad():
+        model(torch.randn(1, len(model_spec(name).modalities), 32, 32))
+    assert called == _children(model)
