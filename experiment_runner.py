@@ -40,6 +40,7 @@ from metrics import (
     brats_region_metrics,
     confusion_matrix,
     dice_from_counts,
+    precision_recall_from_confusion,
     region_dice_counts,
 )
 from utils import distributed as du
@@ -320,19 +321,6 @@ class EvaluationResult:
         out.update({f"test_{k}": v for k, v in pr.items()})
         out["n_test_cases"] = len(df)
         return out
-
-
-def precision_recall_from_confusion(cm: np.ndarray) -> dict[str, float]:
-    """Per-class precision/recall pooled over all test voxels, from the summed confusion matrix."""
-    out: dict[str, float] = {}
-    tp = np.diag(cm).astype(float)
-    for k in range(cm.shape[0]):
-        p_den, r_den = cm[:, k].sum(), cm[k, :].sum()
-        out[f"precision_c{k}"] = float(tp[k] / p_den) if p_den else (1.0 if r_den == 0 else 0.0)
-        out[f"recall_c{k}"] = float(tp[k] / r_den) if r_den else (1.0 if p_den == 0 else 0.0)
-    out["precision_mean"] = float(np.mean([out[f"precision_c{k}"] for k in range(1, cm.shape[0])]))
-    out["recall_mean"] = float(np.mean([out[f"recall_c{k}"] for k in range(1, cm.shape[0])]))
-    return out
 
 
 def evaluate_model(

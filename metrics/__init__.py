@@ -14,6 +14,7 @@ from .segmentation import (
     hd95,
     mean_metrics,
     precision_recall,
+    precision_recall_from_confusion,
     region_mask,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "hd95",
     "mean_metrics",
     "precision_recall",
+    "precision_recall_from_confusion",
     "region_dice_counts",
     "region_mask",
 ]

@@ -298,13 +298,21 @@ def precision_recall(pred: ArrayLike, target: ArrayLike, num_classes: int = NUM_
         ``precision_c{k}`` and ``recall_c{k}`` for k in 0..num_classes-1, plus
         ``precision_mean`` and ``recall_mean`` = mean over classes 1.. (background excluded).
     """
-    matrix = confusion_matrix(pred, target, num_classes)
+    return precision_recall_from_confusion(confusion_matrix(pred, target, num_classes))
+
+
+def precision_recall_from_confusion(matrix: np.ndarray) -> dict[str, float]:
+    """Per-class precision/recall of a confusion matrix (rows = target), conventions of :func:`precision_recall`.
+
+    Summing the per-case matrices of a test set and calling this gives the voxel-pooled figures.
+    """
+    matrix = np.asarray(matrix)
     true_positive = np.diag(matrix).astype(np.float64)
     predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
     precision = _safe_ratio(true_positive, predicted, actual)
     recall = _safe_ratio(true_positive, actual, predicted)
     out: dict[str, float] = {}
-    for k in range(num_classes):
+    for k in range(matrix.shape[0]):
         out[f"precision_c{k}"] = float(precision[k])
         out[f"recall_c{k}"] = float(recall[k])
     out["precision_mean"] = float(precision[1:].mean())

@@ -376,3 +376,14 @@ def test_region_mask():
     np.testing.assert_array_equal(region_mask(labels, "et"), [False, False, False, True])
     with pytest.raises(ValueError, match="wt"):
         region_mask(labels, "ncr")
+
+
+def test_pooled_precision_recall_from_summed_confusion_matrices():
+    from metrics import confusion_matrix, precision_recall, precision_recall_from_confusion
+
+    a_pred, a_true = np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2])
+    b_pred, b_true = np.array([3, 3, 0, 0]), np.array([3, 0, 0, 1])
+    pooled = precision_recall_from_confusion(confusion_matrix(a_pred, a_true) + confusion_matrix(b_pred, b_true))
+    assert pooled == precision_recall(np.concatenate([a_pred, b_pred]), np.concatenate([a_true, b_true]))
+    assert pooled["precision_c3"] == 0.5 and pooled["recall_c3"] == 1.0  # 3 predicted twice, right once
+    assert pooled["recall_c1"] == 0.5  # class 1 present twice, found once
