@@ -240,3 +240,31 @@ def test_default_loss_is_nnunet_and_standard_flag_switches():
     assert cfg.patch_size == [128, 128, 128] and cfg.sharing_strategy == "file_descriptor"
     assert not math.isnan(cfg.lr)
     assert np.isclose(cfg.overlap, 0.1)
+
+
+def _copy_as_brats2021(data_root: Path, dest: Path) -> Path:
+    import shutil
+
+    src = data_root / "BRATS_SYNTHETIC" / "BraTS2021_Training_Data"
+    out = dest / "BRATS2021" / "BraTS2021_Training_Data"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("*.json"))
+    return out
+
+
+def test_bad_case_stops_before_training_naming_case_and_file(data_root, tmp_path, capsys):
+    cases = _copy_as_brats2021(data_root, tmp_path / "data")
+    (cases / "BraTS2021_00003" / "BraTS2021_00003_t1.nii.gz").unlink()
+    args = ["--dataset_version", "brats2021", "--data_path", str(tmp_path / "data"), "--dim", "3d",
+            "--models", "unet3d_xs", "--patch_size", "32", "32", "32", "--epochs", "1", "--batch_size", "2",
+            "--num_workers", "0", "--device", "cpu", "--results_dir", str(tmp_path / "results"), "--no_efficiency"]
+    assert integrated_experiment.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "BraTS2021_00003" in err[0] and "BraTS2021_00003_t1.nii.gz" in err[0]
+    assert not list((tmp_path / "results").glob("*/*.pth")), "nothing may be trained"
+
+    assert integrated_experiment.main(args + ["--skip_bad_cases"]) == 0
+    run = next((tmp_path / "results").glob("integrated_experiment_results_*/skipped_cases.csv")).parent
+    skipped = pd.read_csv(run / "skipped_cases.csv")
+    assert list(skipped["case_id"]) == ["BraTS2021_00003"] and "t1" in skipped["path"][0]
+    used = dl_json(run / "splits.json")["24"]["folds"][0]
+    assert "BraTS2021_00003" not in used["train"] + used["val"] + used["test"]
