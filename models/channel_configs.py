@@ -16,6 +16,29 @@ def doubling(xs_widths: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
 # 3D U-Net (MaxPool and stride-conv variants): five stages, widths doubling with depth.
 UNET_CHANNELS = doubling((8, 16, 32, 64, 128))
 
+# Transformers (MONAI): the published settings. UNETR (Hatamizadeh et al. 2022): ViT-B/16 with
+# feature_size 16; SwinUNETR: feature_size 48 (the reference figures of DESIGN.md).
+UNETR_CONFIG = {"feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12}
+SWIN_UNETR_CONFIG = {"feature_size": 48, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24)}
+
+# MobileUNETR (hand-written, models/transformers.py): stage widths from full resolution down to
+# 1/32 (six stages), and per MobileViT stage (1/8, 1/16, 1/32) the transformer width, depth and
+# patch size. 2D follows MobileViT-S, 3D the lighter MobileViT-XS (3D maps are far larger).
+MOBILE_UNETR_CONFIGS = {
+    "2d": {
+        "channels": (16, 32, 64, 96, 128, 160),
+        "transformer_dims": (144, 192, 240),
+        "depths": (2, 4, 3),
+        "patch_sizes": (2, 2, 1),
+    },
+    "3d": {
+        "channels": (16, 24, 48, 64, 80, 96),
+        "transformer_dims": (96, 120, 144),
+        "depths": (2, 4, 3),
+        "patch_sizes": (2, 2, 1),
+    },
+}
+
 # Dual-/multi-branch U-Nets (models/dualbranch.py, models/multibranch.py): widths of stages 1..5.
 # Stages before the fusion stage have these widths in *each* branch (their skips concatenate the
 # branches); the fused stages and the decoder have them once.

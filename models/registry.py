@@ -113,7 +113,11 @@ def normalize_patch_size(patch_size: Sequence[int], dim: str) -> tuple[int, ...]
 
 
 def check_divisible(name: str, patch_size: Sequence[int], divisor: int) -> None:
-    """Raise a ValueError naming the first spatial dimension not divisible by ``divisor``."""
+    """Raise a ValueError naming the first spatial dimension not divisible by ``divisor``.
+
+    Also rejects a patch equal to ``divisor`` on every axis: the coarsest scale would hold a
+    single voxel, which instance normalisation cannot normalise (PyTorch raises in training).
+    """
     axes = ("Z", "Y", "X")[-len(patch_size):]
     for axis, p in zip(axes, patch_size):
         if p % divisor:
@@ -121,6 +125,11 @@ def check_divisible(name: str, patch_size: Sequence[int], divisor: int) -> None:
                 f"{name}: patch size {tuple(patch_size)} has {axis}={p}, which is not divisible by {divisor}; "
                 f"use multiples of {divisor} (e.g. {max(divisor, (p // divisor) * divisor or divisor)})"
             )
+    if all(p == divisor for p in patch_size):
+        raise ValueError(
+            f"{name}: patch size {tuple(patch_size)} leaves a single voxel after downsampling by {divisor}, "
+            f"which instance normalisation cannot handle; use at least {2 * divisor} along one axis"
+        )
 
 
 def create_model(name: str, dim: str = "3d", patch_size: Sequence[int] = (128, 128, 128)) -> nn.Module:
