@@ -798,6 +798,9 @@ def _run(cfg: ExperimentConfig, ctx: du.DistContext, fail_hook: Any) -> RunSumma
         du.barrier()
 
     if ctx.is_main:
+        last_dir = run_dir / "last"
+        if last_dir.is_dir() and not any(last_dir.iterdir()):
+            last_dir.rmdir()  # every unit finished: no resume state left
         write_comparison(run_dir)
         _draw(run_dir, predictions)
         print(f"results: {run_dir / RESULTS_CSV}")
