@@ -268,3 +268,13 @@ def test_bad_case_stops_before_training_naming_case_and_file(data_root, tmp_path
     assert list(skipped["case_id"]) == ["BraTS2021_00003"] and "t1" in skipped["path"][0]
     used = dl_json(run / "splits.json")["24"]["folds"][0]
     assert "BraTS2021_00003" not in used["train"] + used["val"] + used["test"]
+
+
+def test_config_json_records_configuration_versions_and_commit(finished_run):
+    cfg, summary = finished_run
+    saved = dl_json(summary.run_dir / "config.json")
+    assert saved["config"]["models"] == cfg.models and saved["config"]["patch_size"] == [32, 32, 32]
+    assert saved["config"]["loss"] == "nnunet" and saved["global_batch_size"] == cfg.batch_size
+    assert {"python", "torch", "monai", "numpy"} <= set(saved["versions"])
+    assert saved["versions"]["torch"] == torch.__version__
+    assert isinstance(saved["git_commit"], str) and saved["git_commit"]
