@@ -66,10 +66,12 @@ def time_steps(model, x, y, device, amp, steps, warmup) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def dynunet(in_ch: int) -> torch.nn.Module:
+def dynunet(in_ch: int, width_div: int = 1) -> torch.nn.Module:
+    """MONAI DynUNet in the nnU-Net 3D topology (six levels, 32..320 filters; narrower for --quick)."""
     kernels, strides = [3] * 6, [1] + [2] * 5
+    filters = [f // width_div for f in (32, 64, 128, 256, 320, 320)]
     return DynUNet(3, in_ch, 4, kernel_size=kernels, strides=strides, upsample_kernel_size=strides[1:],
-                   filters=[32, 64, 128, 256, 320, 320], norm_name="instance", res_block=False)
+                   filters=filters, norm_name="instance", res_block=False)
 
 
 def main() -> None:
@@ -79,8 +81,8 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = "bf16" if device.type == "cuda" else "none"
-    patch = (32, 32, 32) if args.quick else (128, 128, 128)
-    volume = (40, 48, 48) if args.quick else (155, 240, 240)
+    patch = (64, 64, 64) if args.quick else (128, 128, 128)  # six levels need >= 64 for DynUNet
+    volume = (72, 80, 80) if args.quick else (155, 240, 240)
     steps, warmup = (2, 1) if args.quick else (20, 5)
     torch.backends.cudnn.benchmark = True
     print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}) "
@@ -90,7 +92,7 @@ def main() -> None:
     x = torch.randn(1, 2, *patch, device=device)
     y = torch.randint(0, 4, (1, *patch), device=device)
     ours = get_model(args.model, "3d", patch).to(device)
-    ref = dynunet(2).to(device)
+    ref = dynunet(2, width_div=4 if args.quick else 1).to(device)
     f_ours, f_ref = count_flops(ours, x.shape), count_flops(ref, x.shape)
     t_ours = time_steps(ours, x, y, device, amp, steps, warmup)
     t_ref = time_steps(ref, x, y, device, amp, steps, warmup)
