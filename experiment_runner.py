@@ -509,8 +509,6 @@ def train_model(
         total, count = torch.zeros((), dtype=torch.float64, device=device), 0
         bar = tqdm(loader, desc=f"{unit} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not ctx.is_main)
         for image, label in bar:
-            if STOP.requested:
-                raise Interrupted(f"stopped during epoch {epoch}")
             image = image.to(device, non_blocking=True)
             label = label.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
@@ -519,14 +517,20 @@ def train_model(
             loss = loss_fn(logits.float(), label)
             if fail_hook is not None:
                 loss = fail_hook(epoch, loss)
-            # The loss is summed over ranks every step: all ranks see a non-finite loss together.
-            step_loss = du.all_reduce_sum(loss.detach().double().reshape(1)) / ctx.world_size
-            if not torch.isfinite(step_loss).all():
+            # Loss and stop request are summed over ranks every step, so all ranks see a non-finite
+            # loss or a signal received by any of them at the same step, and stop together.
+            stats = torch.stack([loss.detach().double(), torch.tensor(float(STOP.requested), dtype=torch.float64,
+                                                                      device=device)])
+            stats = du.all_reduce_sum(stats)
+            if stats[1].item() > 0:
+                raise Interrupted(f"stopped during epoch {epoch}")
+            step_loss = stats[0] / ctx.world_size
+            if not torch.isfinite(step_loss):
                 raise NonFiniteLoss(f"non-finite training loss ({step_loss.item()}) at epoch {epoch}")
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            total += step_loss[0]
+            total += step_loss
             count += 1
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -555,8 +559,7 @@ def train_model(
             print(f"[{unit}] epoch {epoch + 1}/{cfg.epochs} loss {row['train_loss']:.4f} "
                   f"val Dice WT/TC/ET {val['val_dice_wt']:.3f}/{val['val_dice_tc']:.3f}/{val['val_dice_et']:.3f} "
                   f"({row['epoch_time_s']:.1f}s)", flush=True)
-        du.barrier()
-        if STOP.requested:
+        if du.any_rank_true(STOP.requested, device):
             raise Interrupted(f"stopped after epoch {epoch}")
     best.curves = curves
     best.ranks_in_sync = len(set(du.all_gather_objects(weights_fingerprint(model)))) == 1
