@@ -286,22 +286,17 @@ def build_train_loader(
 def predict_volume(
     model: nn.Module, image: np.ndarray, dim: str, patch: Sequence[int], overlap: float, device: torch.device,
     amp: str = "none", sw_batch_size: int = 2, weight_map: torch.Tensor | None = None,
-    on_forward: Callable[[nn.Module], None] | None = None,
 ) -> np.ndarray:
     """Label map (Z, Y, X) for a whole volume ``image`` (C, Z, Y, X): 3D sliding window, or 2D slice by slice."""
     model.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
     if dim == "3d":
         logits = sliding_window_predict(model, x[None], patch, overlap, sw_batch_size, amp, weight_map)
-        if on_forward:
-            on_forward(model)
         return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
     slices = x.permute(1, 0, 2, 3)  # (Z, C, Y, X): axial slices as a batch
     out = []
     for start in range(0, slices.shape[0], 32):
         logits = sliding_window_predict(model, slices[start:start + 32], patch, overlap, sw_batch_size, amp, weight_map)
-        if on_forward:
-            on_forward(model)
         out.append(logits.argmax(1).to(torch.uint8).cpu())
     return torch.cat(out).numpy()
 
@@ -341,15 +336,22 @@ def evaluate_model(
     cm = np.zeros((4, 4), dtype=np.int64)
     first = None
     bare = unwrap_model(model)
-    collect = hasattr(bare, "modality_weights")
+    collect = hasattr(bare, "modality_weights")  # multi-branch models; set (not None) with an attention gate
     for case_id in tqdm(mine, desc=desc, leave=False, disable=not (progress and rank == 0)):
         image = cache.image(case_id)[idx]
         label = np.asarray(cache.label(case_id))
-        batches: list[torch.Tensor] = []
-        pred = predict_volume(
-            bare, image, dim, patch, overlap, device, amp, sw_batch_size, weight_map,
-            on_forward=(lambda m, out=batches: out.append(m.modality_weights.float().mean(0).cpu())) if collect else None,
-        )
+        batches: list[torch.Tensor] = []  # modality weights of every forward (every window/slice batch)
+
+        def keep_weights(m: nn.Module, _inputs: Any, _output: Any, out: list[torch.Tensor] = batches) -> None:
+            if m.modality_weights is not None:
+                out.append(m.modality_weights.float().mean(0).cpu())
+
+        hook = bare.register_forward_hook(keep_weights) if collect else None
+        try:
+            pred = predict_volume(bare, image, dim, patch, overlap, device, amp, sw_batch_size, weight_map)
+        finally:
+            if hook is not None:
+                hook.remove()
         row = {"case_id": case_id, **brats_region_metrics(pred, label, spacing=cache.spacing(case_id))}
         per_case.append(row)
         cm += confusion_matrix(pred, label, num_classes=4)

@@ -92,3 +92,54 @@ def test_config_rejects_bad_values_with_clear_messages():
     with pytest.raises(ValueError, match="--overlap"):
         er.ExperimentConfig(overlap=1.0)
     assert er.ExperimentConfig(dim="2d", patch_size=[8, 64, 96]).spatial_patch == (64, 96)
+
+
+class FakeCache:
+    """The three accessors evaluate_model reads, over in-memory volumes."""
+
+    def __init__(self, volumes):
+        self.volumes = volumes
+
+    def image(self, case_id):
+        return self.volumes[case_id][0]
+
+    def label(self, case_id):
+        return self.volumes[case_id][1]
+
+    def spacing(self, case_id):
+        return (1.0, 1.0, 1.0)
+
+
+class GatedEcho(LabelEcho):
+    """LabelEcho with a per-forward 'modality attention' depending on the window's content."""
+
+    modality_names = ("t1", "t1ce", "t2", "flair")
+
+    def __init__(self, gated: bool = True):
+        super().__init__()
+        self.gated, self.modality_weights, self.log = gated, None, []
+
+    def forward(self, x):
+        if self.gated:
+            self.modality_weights = torch.softmax(x.mean(dim=tuple(range(2, x.ndim))), dim=1)
+            self.log.append(self.modality_weights.mean(0))
+        return super().forward(x)
+
+
+def test_modality_weights_are_averaged_over_every_window_of_a_case():
+    rng = np.random.default_rng(1)
+    label = rng.integers(0, 4, size=(20, 40, 40)).astype(np.uint8)
+    image = np.concatenate([label[None].astype(np.float32), rng.normal(size=(3, *label.shape)).astype(np.float32)])
+    model = GatedEcho()
+    result = er.evaluate_model(model, FakeCache({"c1": (image, label)}), ["c1"], model.modality_names, dim="3d",
+                               patch=(16, 16, 16), overlap=0.25, device=torch.device("cpu"), progress=False)
+    assert len(model.log) > 2, "several windows"
+    expected = torch.stack(model.log).mean(0)
+    got = [result.modality_weights[m][0] for m in model.modality_names]
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
+    assert result.per_case[0]["dice_wt"] == 1.0
+
+    ungated = er.evaluate_model(GatedEcho(gated=False), FakeCache({"c1": (image, label)}), ["c1"],
+                                model.modality_names, dim="3d", patch=(16, 16, 16), overlap=0.25,
+                                device=torch.device("cpu"), progress=False)
+    assert ungated.modality_weights == {}
