@@ -45,21 +45,23 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def train_step(model, x, y, loss_fn, opt, ctx) -> None:
+    """One training step: forward under autocast, Dice+CE loss, backward, AdamW step."""
+    opt.zero_grad(set_to_none=True)
+    with ctx():
+        out = model(x)
+    loss_fn(out.float(), y).backward()
+    opt.step()
+
+
 def time_steps(model, x, y, device, amp, steps, warmup) -> float:
-    """Median seconds per training step (forward, loss, backward, AdamW step)."""
-    loss_fn = make_loss("nnunet")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ctx = autocast_context(device, amp)
+    """Median seconds per training step on a fixed batch."""
+    loss_fn, opt, ctx = make_loss("nnunet"), torch.optim.AdamW(model.parameters(), lr=1e-4), autocast_context(device, amp)
     times = []
     for i in range(warmup + steps):
         sync(device)
         t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with ctx():
-            out = model(x)
-        loss = loss_fn(out.float(), y)
-        loss.backward()
-        opt.step()
+        train_step(model, x, y, loss_fn, opt, ctx)
         sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
@@ -117,22 +119,14 @@ def main() -> None:
                                              pin_memory=device.type == "cuda", persistent_workers=False)
         model = get_model(args.model, "3d", patch).to(device)
         loss_fn, opt, ctx = make_loss("nnunet"), torch.optim.AdamW(model.parameters(), 1e-4), autocast_context(device, amp)
-        times = []
-        t0 = None
+        t0 = time.perf_counter()
         for i, (img, lab) in enumerate(loader):
             if i == warmup:
                 sync(device)
                 t0 = time.perf_counter()
-            img, lab = img.to(device, non_blocking=True), lab.to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            with ctx():
-                out = model(img)
-            make = loss_fn(out.float(), lab)
-            make.backward()
-            opt.step()
+            train_step(model, img.to(device, non_blocking=True), lab.to(device, non_blocking=True), loss_fn, opt, ctx)
         sync(device)
         t_loop = (time.perf_counter() - t0) / steps
-        times.append(t_loop)
         loop_fraction = t_ours / t_loop
         print(f"loop: {t_loop * 1e3:.1f} ms/step with the loader vs {t_ours * 1e3:.1f} bare: {loop_fraction:.2%}")
 
