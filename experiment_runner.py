@@ -11,7 +11,6 @@ evaluation and measurement are plain functions with explicit arguments:
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import math
 import os
@@ -872,8 +871,3 @@ def _write_unit_results(run_dir: Path, key: dict[str, Any], result: TrainResult,
     append_rows(run_dir / RESULTS_CSV, [row], RESULT_COLUMNS)  # last: its presence marks the unit finished
     print(f"[{key['model']} seed {key['seed']} fold {key['fold']}] test Dice WT/TC/ET "
           f"{row['test_dice_wt']:.3f}/{row['test_dice_tc']:.3f}/{row['test_dice_et']:.3f}", flush=True)
-
-
-def copy_config(cfg: ExperimentConfig, **changes: Any) -> ExperimentConfig:
-    """A modified copy (used by tests and by evaluate_experiment)."""
-    return ExperimentConfig.from_dict({**asdict(copy.deepcopy(cfg)), **changes})
