@@ -58,7 +58,7 @@ from utils.experiment_utils import (
     set_seed,
     sliding_window_predict,
 )
-from utils.io import append_rows, read_csv, read_json, write_csv, write_json
+from utils.io import append_rows, read_csv, read_json, replace_rows, write_csv, write_json
 
 # ----------------------------------------------------------------------------- file and column contract
 RESULTS_CSV = "integrated_experiment_results.csv"
@@ -843,7 +843,7 @@ def _efficiency_on_main(name: str, cfg: ExperimentConfig, ctx: du.DistContext, r
         if cfg.measure_efficiency:
             values, stages, notes = measure_efficiency(name, cfg, ctx.device)
             if stages:
-                append_rows(run_dir / STAGE_PAM_CSV, stages, STAGE_PAM_COLUMNS)
+                replace_rows(run_dir / STAGE_PAM_CSV, {"model": name}, stages, STAGE_PAM_COLUMNS)
             elif not (run_dir / STAGE_PAM_CSV).exists():
                 write_csv(run_dir / STAGE_PAM_CSV, pd.DataFrame(columns=STAGE_PAM_COLUMNS))
         else:
@@ -859,9 +859,10 @@ def _write_unit_results(run_dir: Path, key: dict[str, Any], result: TrainResult,
     row = {**key, **evaluation.summary(), **{k: values.get(k, math.nan) for k in EFFICIENCY_KEYS},
            "best_epoch": result.best_epoch, "best_val_dice": result.best_val_dice,
            "world_size": du.get_world_size(), "ranks_in_sync": result.ranks_in_sync, "efficiency_notes": notes}
-    append_rows(run_dir / PER_CASE_CSV, [{**key, **r} for r in evaluation.per_case], PER_CASE_COLUMNS)
+    # Rows of a unit that crashed after writing them and is re-run on --resume are replaced, not repeated.
+    replace_rows(run_dir / PER_CASE_CSV, key, [{**key, **r} for r in evaluation.per_case], PER_CASE_COLUMNS)
     if evaluation.modality_weights:
-        append_rows(run_dir / MODALITY_CSV, [
+        replace_rows(run_dir / MODALITY_CSV, key, [
             {**key, "modality": m, "weight_mean": float(np.mean(w)), "weight_std": float(np.std(w))}
             for m, w in evaluation.modality_weights.items()], MODALITY_COLUMNS)
     cm_path = run_dir / "confusion_matrices.json"

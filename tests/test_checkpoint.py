@@ -61,3 +61,15 @@ def test_unwrap_model_strips_compile_and_ddp_style_wrappers():
             self.module = module
 
     assert unwrap_model(Wrapper(Wrapper(inner))) is inner
+
+
+def test_replace_rows_rewrites_a_units_rows_without_duplicates(tmp_path):
+    from utils.io import read_csv, replace_rows
+
+    path, cols = tmp_path / "t.csv", ["model", "seed", "case_id", "dice"]
+    replace_rows(path, {"model": "a", "seed": 1}, [{"model": "a", "seed": 1, "case_id": "c1", "dice": 0.5}], cols)
+    replace_rows(path, {"model": "b", "seed": 1}, [{"model": "b", "seed": 1, "case_id": "c1", "dice": 0.7}], cols)
+    replace_rows(path, {"model": "a", "seed": 1}, [{"model": "a", "seed": 1, "case_id": "c1", "dice": 0.6}], cols)
+    df = read_csv(path)
+    assert list(df.columns) == cols and len(df) == 2
+    assert df.set_index("model").loc["a", "dice"] == 0.6 and df.set_index("model").loc["b", "dice"] == 0.7

@@ -66,3 +66,15 @@ def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: Se
     df = df.reindex(columns=ordered)
     write_csv(path, df)
     return df
+
+
+def replace_rows(
+    path: str | Path, match: Mapping[str, Any], rows: Iterable[Mapping[str, Any]], columns: Sequence[str]
+) -> pd.DataFrame:
+    """Drop the rows whose columns equal ``match``, then append ``rows``: re-running a unit never duplicates rows."""
+    df = read_csv(path, columns)
+    if not df.empty and all(k in df.columns for k in match):
+        keep = ~pd.concat([df[k] == v for k, v in match.items()], axis=1).all(axis=1)
+        if not keep.all():
+            write_csv(path, df[keep])
+    return append_rows(path, rows, columns)
