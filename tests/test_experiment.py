@@ -200,6 +200,7 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_checkpoint_with_a_pickle_payload_is_refused(tmp_path):
     marker = tmp_path / "payload_ran"
     path = tmp_path / "evil_best.pth"
