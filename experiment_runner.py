@@ -633,17 +633,13 @@ def create_run_dir(results_dir: str | Path) -> Path:
 
 
 def write_comparison(run_dir: Path) -> pd.DataFrame:
-    """``model_comparison.csv``: per model, mean and std over seeds/folds of every numeric column."""
+    """``model_comparison.csv``: per model, mean and std over seeds/folds of every numeric column, ``n_runs``."""
+    from visualization.visualization_dataframe import summarize_runs
+
     df = read_csv(run_dir / RESULTS_CSV, RESULT_COLUMNS)
     if df.empty:
         return df
-    numeric = [c for c in df.columns if c not in UNIT_COLUMNS and pd.api.types.is_numeric_dtype(df[c])]
-    grouped = df.groupby("model", sort=False)[numeric]
-    means, stds = grouped.mean().add_suffix("_mean"), grouped.std(ddof=1).add_suffix("_std")
-    out = pd.concat([means, stds], axis=1)
-    out = out[[c for m in numeric for c in (f"{m}_mean", f"{m}_std")]]
-    out.insert(0, "n_runs", grouped.size())
-    out = out.reset_index()
+    out = summarize_runs(df).rename_axis("model").reset_index()
     write_csv(run_dir / COMPARISON_CSV, out)
     return out
 

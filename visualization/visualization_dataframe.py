@@ -34,6 +34,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator
 
+from utils.io import atomic_output
+
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
@@ -63,14 +65,9 @@ NOT_MEASURED = "not measured (no GPU)"
 def save_figure(fig: Figure, path: PathLike, dpi: int = 100) -> Path:
     """Write ``fig`` to ``path`` atomically (format from the suffix, PNG when there is none)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix.lstrip(".").lower() or "png"
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -469,13 +466,8 @@ def write_interactive_3d_analysis(results_df: pd.DataFrame, path: PathLike) -> P
         margin={"l": 0, "r": 0, "t": 50, "b": 0},
     )
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         fig.write_html(tmp, include_plotlyjs=True, full_html=True)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
