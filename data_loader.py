@@ -15,11 +15,9 @@ are model classes 0..3 (BraTS 4 -> 3), and ``--max_samples N`` keeps the first N
 case-id order.
 """
 
-from brats_data.cache import CACHE_VERSION, PreprocessedCache, build_case, case_key, crop_box
+from brats_data.cache import PreprocessedCache
 from brats_data.cases import (
     DATASET_VERSIONS,
-    LAYOUTS,
-    MODALITIES,
     BadCaseError,
     CaseRecord,
     dataset_root,
@@ -27,27 +25,21 @@ from brats_data.cases import (
     load_case,
     map_labels,
     normalize_modality,
-    read_case,
     validate_case,
 )
-from brats_data.datasets import PatchDataset, RegionSample, SliceDataset, modality_indices
+from brats_data.datasets import PatchDataset, SliceDataset, modality_indices
 from brats_data.splits import make_splits
-from brats_data.synthetic import generate_synthetic_dataset, synthesize_case
+from brats_data.synthetic import generate_synthetic_dataset
+from utils.labels import MODALITIES
 
 __all__ = [
-    "CACHE_VERSION",
     "DATASET_VERSIONS",
-    "LAYOUTS",
     "MODALITIES",
     "BadCaseError",
     "CaseRecord",
     "PatchDataset",
     "PreprocessedCache",
-    "RegionSample",
     "SliceDataset",
-    "build_case",
-    "case_key",
-    "crop_box",
     "dataset_root",
     "discover_cases",
     "generate_synthetic_dataset",
@@ -56,7 +48,5 @@ __all__ = [
     "map_labels",
     "modality_indices",
     "normalize_modality",
-    "read_case",
-    "synthesize_case",
     "validate_case",
 ]

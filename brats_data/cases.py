@@ -12,7 +12,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+from utils.labels import MODALITIES
+
 DATASET_VERSIONS: tuple[str, ...] = ("brats2018", "brats2021", "brats2023", "synthetic")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 AFFINE_TOLERANCE = 1e-3

@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from utils.labels import MODALITIES
+
 from .cache import PreprocessedCache
-from .cases import MODALITIES
 
 
 def modality_indices(modalities: Sequence[str]) -> list[int]:

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cases import MODALITIES, dataset_root
+from utils.labels import MODALITIES
+
+from .cases import dataset_root
 from .locking import file_lock
 
 GENERATOR_VERSION = 1

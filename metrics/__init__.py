@@ -1,11 +1,11 @@
 """Segmentation metrics: BraTS region Dice/HD95, precision/recall, confusion matrix, training Dice counts."""
 
+from utils.labels import NUM_CLASSES, REGIONS
+
 from .dice_counts import dice_from_counts, region_dice_counts
 from .segmentation import (
     HD95_EMPTY,
-    NUM_CLASSES,
     REGION_METRIC_KEYS,
-    REGIONS,
     add_dice_mean,
     bounding_box,
     brats_region_metrics,

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .segmentation import NUM_CLASSES, REGIONS
+from utils.labels import NUM_CLASSES, REGIONS
 
 # Membership table: _REGION_TABLE[r, c] is True when class c belongs to region r (WT, TC, ET).
 _REGION_TABLE = torch.tensor(

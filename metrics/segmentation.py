@@ -29,9 +29,9 @@ import torch
 from scipy import ndimage
 from scipy.spatial import KDTree
 
-NUM_CLASSES = 4
+from utils.labels import NUM_CLASSES, REGIONS
+
 HD95_EMPTY = 373.13
-REGIONS: dict[str, tuple[int, ...]] = {"wt": (1, 2, 3), "tc": (1, 3), "et": (3,)}
 REGION_METRIC_KEYS: tuple[str, ...] = tuple(
     f"{metric}_{region}" for metric in ("dice", "hd95") for region in REGIONS
 )

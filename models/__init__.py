@@ -1,6 +1,10 @@
-"""Model families. Importing this package registers every model in models.registry."""
+"""Model families. Importing this package registers every model in models.registry.
 
-import models.dualbranch  # noqa: F401  (dual-/multi-branch families)
-import models.multibranch  # noqa: F401
-from models import transformers, unet  # noqa: F401  (importing a family registers its models)
+- ``unet``: the U-Nets (``unet3d_*``, incl. the single-branch models of the modality comparison)
+- ``transformers``: UNETR, SwinUNETR, MobileUNETR
+- ``dualbranch``: the variant tables of the multi-branch U-Net (``dualbranch_*``, ``quadbranch_*``);
+  the generic class is in ``multibranch``
+"""
+
+from models import dualbranch, transformers, unet  # noqa: F401  (importing a family registers its models)
 from models.registry import create_model, list_models, model_spec, register_model  # noqa: F401

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-DEFAULT_MODALITIES: tuple[str, ...] = ("t1ce", "flair")
-NUM_CLASSES = 4
+from utils.labels import DEFAULT_MODALITIES, MODALITIES, NUM_CLASSES  # also re-exported from here
+
 DIMS = ("2d", "3d")
 
 

@@ -22,8 +22,8 @@ from monai.networks.blocks import TransformerBlock
 from monai.networks.nets import UNETR, SwinUNETR
 
 from models.channel_configs import MOBILE_UNETR_CONFIGS, SWIN_UNETR_CONFIG, UNETR_CONFIG
-from models.modules.conv import OutHead, UpBlock
-from models.modules.mobilenet import InvertedResidual, conv_norm
+from models.modules.conv import OutHead, UpBlock, conv_norm_act
+from models.modules.mobilenet import InvertedResidual
 from models.modules.mvit import MobileViTBlock
 from models.registry import check_divisible, register_model, spatial_dims
 
@@ -112,7 +112,7 @@ class MobileUNETR(nn.Module):
                 MobileViTBlock(sd, cout, transformer_dims[i], depths[i], patch_sizes[i], heads),
             )
 
-        self.encoder0 = conv_norm(sd, in_channels, c0, kernel_size=3)
+        self.encoder0 = conv_norm_act(sd, in_channels, c0, kernel_size=3)
         self.encoder1 = nn.Sequential(mv2(c0, c1, stride=2), mv2(c1, c1))
         self.encoder2 = nn.Sequential(mv2(c1, c2, stride=2), mv2(c2, c2))
         self.encoder3 = mvit_stage(c2, c3, 0)

@@ -17,10 +17,12 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
+from monai.networks.layers import Pool
 
 from models.channel_configs import SIZES, UNET_CHANNELS
-from models.modules.conv import DoubleConv, OutHead, UpBlock, max_pool
-from models.registry import MODALITIES, check_divisible, register_model, spatial_dims
+from models.modules.conv import DoubleConv, OutHead, UpBlock
+from models.registry import check_divisible, register_model, spatial_dims
+from utils.labels import MODALITIES
 
 Downsampling = Literal["maxpool", "stride"]
 DOWNSAMPLE_FACTOR = 16  # four downsamplings by 2
@@ -60,7 +62,7 @@ class UNet(nn.Module):
 
         def down(cin: int, cout: int) -> nn.Module:
             if downsampling == "maxpool":
-                return nn.Sequential(max_pool(spatial_dims), DoubleConv(spatial_dims, cin, cout))
+                return nn.Sequential(Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2), DoubleConv(spatial_dims, cin, cout))
             return DoubleConv(spatial_dims, cin, cout, stride=2)
 
         self.encoder1 = DoubleConv(spatial_dims, in_channels, c1)

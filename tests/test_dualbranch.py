@@ -10,10 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from models.dualbranch import DUALBRANCH_VARIANTS, BlockSpec, MultiBranchConfig, MultiBranchUNet, dual
+from models.dualbranch import DUALBRANCH_VARIANTS
 from models.modules.fusion import BranchFusion
 from models.modules.replk import RepLKBlock, RepLKConv
 from models.modules.shufflenet import channel_shuffle
+from models.multibranch import BlockSpec, MultiBranchConfig, MultiBranchUNet, dual
 from models.registry import MODALITIES, create_model, model_spec
 
 

@@ -1,7 +1,9 @@
-"""Plain convolution blocks shared by the U-Net-like families.
+"""The convolution unit and the plain U-Net blocks shared by every family, for 2D and 3D alike.
 
-Built on MONAI's ``Convolution`` (conv -> instance norm -> LeakyReLU, the nnU-Net choice), for 2D
-and 3D alike.
+One way to build layers across ``models/``: bare layers come from MONAI's factories
+(``Conv[Conv.CONV, spatial_dims]``, ``Conv[Conv.CONVTRANS, ...]``, ``Pool[Pool.MAX, ...]``,
+``Norm[...]``), and every conv -> norm [-> activation] unit is :func:`conv_norm_act`, MONAI's
+``Convolution`` with instance norm and LeakyReLU (the nnU-Net choice).
 """
 
 from __future__ import annotations
@@ -9,36 +11,38 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution
+from monai.networks.layers import Conv
 
 ACT = ("leakyrelu", {"negative_slope": 0.01, "inplace": True})
 NORM = ("instance", {"affine": True})
 
 
 def conv_norm_act(
-    spatial_dims: int, in_ch: int, out_ch: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1, groups: int = 1
+    spatial_dims: int,
+    in_ch: int,
+    out_ch: int,
+    kernel_size: int = 3,
+    stride: int = 1,
+    dilation: int = 1,
+    groups: int = 1,
+    act: bool = True,
 ) -> Convolution:
+    """Conv (no bias, "same" padding) -> instance norm -> LeakyReLU; ``act=False`` gives a linear output."""
     return Convolution(
         spatial_dims, in_ch, out_ch, strides=stride, kernel_size=kernel_size, dilation=dilation,
-        groups=groups, act=ACT, norm=NORM, bias=False, padding=dilation * (kernel_size - 1) // 2,
+        groups=groups, act=ACT if act else None, norm=NORM, bias=False,
+        padding=dilation * (kernel_size - 1) // 2,
     )
 
 
 class DoubleConv(nn.Sequential):
-    """Two conv-norm-act layers; the first may be strided (stride-conv downsampling)."""
+    """Two 3x3 conv-norm-act layers; the first may be strided (stride-conv downsampling)."""
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1, dilation: int = 1):
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, stride: int = 1):
         super().__init__(
-            conv_norm_act(spatial_dims, in_ch, out_ch, stride=stride, dilation=dilation),
-            conv_norm_act(spatial_dims, out_ch, out_ch, dilation=dilation),
+            conv_norm_act(spatial_dims, in_ch, out_ch, 3, stride=stride),
+            conv_norm_act(spatial_dims, out_ch, out_ch, 3),
         )
-
-
-def max_pool(spatial_dims: int) -> nn.Module:
-    return (nn.MaxPool2d if spatial_dims == 2 else nn.MaxPool3d)(kernel_size=2, stride=2)
-
-
-def conv_layer(spatial_dims: int) -> type[nn.Module]:
-    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
 
 
 class UpBlock(nn.Module):
@@ -46,8 +50,7 @@ class UpBlock(nn.Module):
 
     def __init__(self, spatial_dims: int, in_ch: int, skip_ch: int, out_ch: int):
         super().__init__()
-        tconv = nn.ConvTranspose2d if spatial_dims == 2 else nn.ConvTranspose3d
-        self.up = tconv(in_ch, out_ch, kernel_size=2, stride=2)
+        self.up = Conv[Conv.CONVTRANS, spatial_dims](in_ch, out_ch, kernel_size=2, stride=2)
         self.conv = DoubleConv(spatial_dims, out_ch + skip_ch, out_ch)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -70,7 +73,7 @@ class OutHead(nn.Module):
 
     def __init__(self, spatial_dims: int, in_ch: int, out_ch: int):
         super().__init__()
-        self.conv = conv_layer(spatial_dims)(in_ch, out_ch, kernel_size=1)
+        self.conv = Conv[Conv.CONV, spatial_dims](in_ch, out_ch, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
-from models.modules.mobilenet import conv_norm
+from models.modules.conv import conv_norm_act
 
 
 class GhostModule(nn.Module):
@@ -32,8 +32,8 @@ class GhostModule(nn.Module):
             raise ValueError(f"GhostModule: ratio must be >= 2, got {ratio}")
         self.out_ch = out_ch
         primary = math.ceil(out_ch / ratio)
-        self.primary = conv_norm(spatial_dims, in_ch, primary, act=act)
-        self.cheap = conv_norm(spatial_dims, primary, primary * (ratio - 1), dw_kernel, groups=primary, act=act)
+        self.primary = conv_norm_act(spatial_dims, in_ch, primary, 1, act=act)
+        self.cheap = conv_norm_act(spatial_dims, primary, primary * (ratio - 1), dw_kernel, groups=primary, act=act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.primary(x)
@@ -63,15 +63,15 @@ class GhostBottleneck(nn.Module):
         hidden = max(in_ch * expand_ratio, 2)
         layers: list[nn.Module] = [GhostModule(spatial_dims, in_ch, hidden)]
         if stride == 2:
-            layers.append(conv_norm(spatial_dims, hidden, hidden, kernel_size, stride=2, groups=hidden, act=False))
+            layers.append(conv_norm_act(spatial_dims, hidden, hidden, kernel_size, stride=2, groups=hidden, act=False))
         layers.append(GhostModule(spatial_dims, hidden, out_ch, act=False))
         self.block = nn.Sequential(*layers)
         if stride == 1 and in_ch == out_ch:
             self.shortcut: nn.Module = nn.Identity()
         else:
             self.shortcut = nn.Sequential(
-                conv_norm(spatial_dims, in_ch, in_ch, kernel_size, stride=stride, groups=in_ch, act=False),
-                conv_norm(spatial_dims, in_ch, out_ch, act=False),
+                conv_norm_act(spatial_dims, in_ch, in_ch, kernel_size, stride=stride, groups=in_ch, act=False),
+                conv_norm_act(spatial_dims, in_ch, out_ch, 1, act=False),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,7 @@
 """MobileNetV2 inverted residual (with dilation) and a light additive decoder block, 2D and 3D.
 
-``conv_norm`` is the conv -> instance norm [-> activation] unit the lightweight blocks of this
-folder (MobileNet, GhostNet, ShuffleNet) share; it is MONAI's ``Convolution`` with the suite's
-norm and activation and an optional linear (activation-free) output.
+Built from the suite's conv -> instance norm [-> activation] unit, ``modules.conv.conv_norm_act``,
+like the other lightweight blocks of this folder (GhostNet, ShuffleNet).
 """
 
 from __future__ import annotations
@@ -10,27 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.networks.blocks import Convolution
 
-from models.modules.conv import ACT, NORM
-
-
-def conv_norm(
-    spatial_dims: int,
-    in_ch: int,
-    out_ch: int,
-    kernel_size: int = 1,
-    stride: int = 1,
-    dilation: int = 1,
-    groups: int = 1,
-    act: bool = True,
-) -> Convolution:
-    """Conv -> instance norm -> LeakyReLU ("same" padding); ``act=False`` gives a linear output."""
-    return Convolution(
-        spatial_dims, in_ch, out_ch, strides=stride, kernel_size=kernel_size, dilation=dilation,
-        groups=groups, act=ACT if act else None, norm=NORM, bias=False,
-        padding=dilation * (kernel_size - 1) // 2,
-    )
+from models.modules.conv import conv_norm_act
 
 
 class InvertedResidual(nn.Module):
@@ -58,10 +38,10 @@ class InvertedResidual(nn.Module):
         if stride not in (1, 2):
             raise ValueError(f"InvertedResidual: stride must be 1 or 2, got {stride}")
         hidden = in_ch * expand_ratio
-        layers = [conv_norm(spatial_dims, in_ch, hidden)] if expand_ratio > 1 else []
+        layers = [conv_norm_act(spatial_dims, in_ch, hidden, 1)] if expand_ratio > 1 else []
         layers += [
-            conv_norm(spatial_dims, hidden, hidden, kernel_size, stride=stride, dilation=dilation, groups=hidden),
-            conv_norm(spatial_dims, hidden, out_ch, act=False),
+            conv_norm_act(spatial_dims, hidden, hidden, kernel_size, stride=stride, dilation=dilation, groups=hidden),
+            conv_norm_act(spatial_dims, hidden, out_ch, 1, act=False),
         ]
         self.block = nn.Sequential(*layers)
         self.use_residual = stride == 1 and in_ch == out_ch
@@ -82,8 +62,8 @@ class AdditiveUpBlock(nn.Module):
     def __init__(self, spatial_dims: int, in_ch: int, skip_ch: int, out_ch: int, expand_ratio: int = 2):
         super().__init__()
         self.mode = "trilinear" if spatial_dims == 3 else "bilinear"
-        self.proj_up = conv_norm(spatial_dims, in_ch, out_ch, act=False)
-        self.proj_skip = conv_norm(spatial_dims, skip_ch, out_ch, act=False)
+        self.proj_up = conv_norm_act(spatial_dims, in_ch, out_ch, 1, act=False)
+        self.proj_skip = conv_norm_act(spatial_dims, skip_ch, out_ch, 1, act=False)
         self.refine = InvertedResidual(spatial_dims, out_ch, out_ch, expand_ratio=expand_ratio)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:

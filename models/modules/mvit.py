@@ -7,7 +7,7 @@ positions attends across all ``N`` patches. Folding reverses the reshaping.
 
 Neither torch nor MONAI ships a MobileViT block (timm's is 2D only and tied to BatchNorm), so it is
 written here from MONAI parts (``Convolution``, ``SABlock``, ``MLPBlock``). The convolutions use
-the suite's instance norm + LeakyReLU unit (``modules.mobilenet.conv_norm``) rather than
+the suite's instance norm + LeakyReLU unit (``modules.conv.conv_norm_act``) rather than
 MobileViT's BatchNorm + SiLU: 3D training runs at batch size 1. The transformer MLP keeps SiLU.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import Convolution, MLPBlock, SABlock
 
-from models.modules.mobilenet import conv_norm
+from models.modules.conv import conv_norm_act
 
 
 class TransformerLayer(nn.Module):
@@ -126,15 +126,15 @@ class MobileViTBlock(nn.Module):
             raise ValueError(f"MobileViTBlock: transformer_dim={transformer_dim} is not divisible by heads={heads}")
         self.patch_size = _as_tuple(patch_size, spatial_dims)
         self.local_rep = nn.Sequential(
-            conv_norm(spatial_dims, channels, channels, kernel_size=3),
+            conv_norm_act(spatial_dims, channels, channels, kernel_size=3),
             Convolution(spatial_dims, channels, transformer_dim, kernel_size=1, conv_only=True, bias=False),
         )
         self.transformer = nn.Sequential(
             *(TransformerLayer(transformer_dim, heads, int(transformer_dim * mlp_ratio), dropout) for _ in range(depth)),
             nn.LayerNorm(transformer_dim),
         )
-        self.proj = conv_norm(spatial_dims, transformer_dim, channels, kernel_size=1)
-        self.fusion = conv_norm(spatial_dims, 2 * channels, channels, kernel_size=3)
+        self.proj = conv_norm_act(spatial_dims, transformer_dim, channels, kernel_size=1)
+        self.fusion = conv_norm_act(spatial_dims, 2 * channels, channels, kernel_size=3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x.shape[2:]

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers import Conv, Norm
 
-from models.modules.mobilenet import conv_norm
+from models.modules.conv import conv_norm_act
 
 
 def _fuse_conv_bn(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +92,8 @@ class ConvFFN(nn.Module):
         if expansion < 1:
             raise ValueError(f"ConvFFN: expansion must be >= 1, got {expansion}")
         self.ffn = nn.Sequential(
-            conv_norm(spatial_dims, channels, channels * expansion),
-            conv_norm(spatial_dims, channels * expansion, channels, act=False),
+            conv_norm_act(spatial_dims, channels, channels * expansion, 1),
+            conv_norm_act(spatial_dims, channels * expansion, channels, 1, act=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,10 +115,10 @@ class RepLKBlock(nn.Module):
         self, spatial_dims: int, channels: int, kernel_size: int = 13, small_kernel: int = 3, ffn_expansion: int = 0
     ):
         super().__init__()
-        self.pw1 = conv_norm(spatial_dims, channels, channels)
+        self.pw1 = conv_norm_act(spatial_dims, channels, channels, 1)
         self.large_kernel = RepLKConv(spatial_dims, channels, kernel_size, small_kernel)
         self.act = nn.LeakyReLU(0.01)
-        self.pw2 = conv_norm(spatial_dims, channels, channels, act=False)
+        self.pw2 = conv_norm_act(spatial_dims, channels, channels, 1, act=False)
         self.ffn = ConvFFN(spatial_dims, channels, ffn_expansion) if ffn_expansion else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.modules.mobilenet import conv_norm
+from models.modules.conv import conv_norm_act
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -46,12 +46,12 @@ class ShuffleUnit(nn.Module):
         right_in = half if self.split else in_ch
 
         def depthwise(ch: int) -> nn.Module:
-            return conv_norm(spatial_dims, ch, ch, kernel_size, stride=stride, dilation=dilation, groups=ch, act=False)
+            return conv_norm_act(spatial_dims, ch, ch, kernel_size, stride=stride, dilation=dilation, groups=ch, act=False)
 
         self.right = nn.Sequential(
-            conv_norm(spatial_dims, right_in, half), depthwise(half), conv_norm(spatial_dims, half, half)
+            conv_norm_act(spatial_dims, right_in, half, 1), depthwise(half), conv_norm_act(spatial_dims, half, half, 1)
         )
-        self.left = None if self.split else nn.Sequential(depthwise(in_ch), conv_norm(spatial_dims, in_ch, half))
+        self.left = None if self.split else nn.Sequential(depthwise(in_ch), conv_norm_act(spatial_dims, in_ch, half, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.left is None:
