@@ -3,9 +3,8 @@
     python evaluate_experiment.py --results_dir baseline_results/integrated_experiment_results_YYYYMMDD_HHMMSS
 
 Writes ``RUN_DIR/evaluation_results.csv`` (one row per checkpoint, the test columns of
-``integrated_experiment_results.csv``) and ``RUN_DIR/evaluation_per_case_results.csv``. The data are
-read through the same preprocessed cache and the same ``evaluate_model`` as during the run, so the
-metrics equal the run's.
+``integrated_experiment_results.csv``) and ``RUN_DIR/evaluation_per_case_results.csv``, through the
+same cache and the same ``evaluate_checkpoint`` as the run, so the metrics equal the run's.
 """
 
 from __future__ import annotations
@@ -18,65 +17,37 @@ from pathlib import Path
 import pandas as pd
 
 import data_loader as dl
-from experiment_runner import (
-    PER_CASE_COLUMNS,
-    UNIT_COLUMNS,
-    ExperimentConfig,
-    evaluate_model,
-)
-from metrics import REGION_METRIC_KEYS
+from experiment.config import load_run_config
+from experiment.data import open_prepared_cache
+from experiment.evaluation import evaluate_checkpoint
+from experiment.run_folder import EVALUATION_CSV, TEST_METRIC_COLUMNS, UNIT_COLUMNS, RunFolder
 from utils.checkpoint import BEST_KEYS, CheckpointError, load_checkpoint
 from utils.distributed import resolve_device
-from utils.experiment_utils import get_model, model_spec
-from utils.io import read_json, write_csv
-
-EVALUATION_CSV = "evaluation_results.csv"
-EVALUATION_PER_CASE_CSV = "evaluation_per_case_results.csv"
-TEST_COLUMNS = [f"test_{k}" for k in REGION_METRIC_KEYS] + ["test_dice_mean"]
 
 
 def evaluate_run(run_dir: str | Path, data_path: str | None = None, device: str = "auto",
                  cache_dir: str | None = None) -> pd.DataFrame:
     """Evaluate every ``*_best.pth`` of ``run_dir``; returns (and writes) the evaluation table."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file() or not (run_dir / "splits.json").is_file():
+    if not RunFolder.is_run_folder(run_dir):
         raise FileNotFoundError(f"{run_dir} is not a run folder (config.json and splits.json are needed)")
-    saved = read_json(run_dir / "config.json")["config"]
-    overrides = {k: v for k, v in {"data_path": data_path, "cache_dir": cache_dir}.items() if v is not None}
-    cfg = ExperimentConfig.from_dict({**saved, **overrides, "resume": None})
-    splits = read_json(run_dir / "splits.json")
-    checkpoints = sorted(run_dir.glob("*_best.pth"))
+    cfg = load_run_config(run_dir, data_path=data_path, cache_dir=cache_dir)
+    run = RunFolder(run_dir, cfg.use_5fold)
+    splits, checkpoints = run.read_splits(), run.best_checkpoints()
     if not checkpoints:
         raise FileNotFoundError(f"no *_best.pth checkpoints in {run_dir}")
-    torch_device = resolve_device(device)
-
-    cases = dl.discover_cases(Path(cfg.data_path), cfg.dataset_version, max_samples=cfg.max_samples)
-    cache = dl.PreprocessedCache(cfg.resolved_cache_dir(), cases)
-    cache.build(num_workers=1, progress=True, skip_bad_cases=cfg.skip_bad_cases)
-
+    torch_device, cache = resolve_device(device), open_prepared_cache(cfg)
     rows, per_case = [], []
     for path in checkpoints:
         ckpt = load_checkpoint(path, BEST_KEYS + ("seed", "fold"))
-        name, seed, fold = ckpt["model_name"], int(ckpt["seed"]), int(ckpt["fold"])
-        fold_split = next((f for f in splits[str(seed)]["folds"] if f["fold"] == fold), None)
-        if fold_split is None:
-            raise CheckpointError(f"{path}: seed {seed} fold {fold} is not in {run_dir / 'splits.json'}")
-        model = get_model(name, cfg.dim, cfg.spatial_patch)
-        model.load_state_dict(ckpt["state_dict"])
-        model.to(torch_device)
-        result = evaluate_model(model, cache, fold_split["test"], model_spec(name).modalities, dim=cfg.dim,
-                                patch=cfg.spatial_patch, overlap=cfg.overlap, device=torch_device,
-                                amp=cfg.resolved_amp(torch_device), sw_batch_size=cfg.sw_batch_size,
-                                desc=f"evaluate {path.name}")
-        key = {"model": name, "seed": seed, "fold": fold}
+        key = {"model": ckpt["model_name"], "seed": int(ckpt["seed"]), "fold": int(ckpt["fold"])}
+        split = next((f for f in splits.get(str(key["seed"]), {}).get("folds", []) if f["fold"] == key["fold"]), None)
+        if split is None:
+            raise CheckpointError(f"{path}: seed {key['seed']} fold {key['fold']} is not in {run / 'splits.json'}")
+        result = evaluate_checkpoint(ckpt, cfg, cache, split["test"], torch_device, desc=f"evaluate {path.name}")
         rows.append({**key, **result.summary(), "best_epoch": ckpt["epoch"], "best_val_dice": ckpt["best_val_dice"],
                      "checkpoint": path.name})
         per_case += [{**key, **r} for r in result.per_case]
-    table = pd.DataFrame(rows)
-    table = table[UNIT_COLUMNS + TEST_COLUMNS + [c for c in table.columns if c not in UNIT_COLUMNS + TEST_COLUMNS]]
-    write_csv(run_dir / EVALUATION_CSV, table)
-    write_csv(run_dir / EVALUATION_PER_CASE_CSV, pd.DataFrame(per_case, columns=PER_CASE_COLUMNS))
-    return table
+    return run.write_evaluation(rows, per_case)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     with pd.option_context("display.width", 200, "display.max_columns", 12):
-        print(table[UNIT_COLUMNS + TEST_COLUMNS].to_string(index=False))
+        print(table[UNIT_COLUMNS + TEST_METRIC_COLUMNS].to_string(index=False))
     print(f"written: {Path(args.results_dir) / EVALUATION_CSV}")
     return 0
 

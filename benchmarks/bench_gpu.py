@@ -7,7 +7,7 @@ Measures, each against a reference in the same process:
 3. the whole training loop (PatchDataset from the preprocessed cache, DataLoader workers) vs the bare step;
 4. sliding-window inference over a 240x240x155 volume: the suite's ``sliding_window_predict`` vs MONAI's
    ``sliding_window_inference`` (gaussian blending) with the same network and overlap;
-5. PAM (train/inference) and latency of a few models via ``utils.experiment_utils``.
+5. PAM (train/inference) and latency of a few models via ``experiment.efficiency``.
 
 Its last line: ``dynunet_flops_ratio=<a> compile_speedup=<b> loop_vs_bare=<c> sliding_window_vs_monai=<d>``
 (ratios > 1 mean the suite is faster, except loop_vs_bare which is a fraction of the bare step rate).
@@ -29,15 +29,10 @@ from monai.inferers import sliding_window_inference  # noqa: E402
 from monai.networks.nets import DynUNet  # noqa: E402
 
 import data_loader as dl  # noqa: E402
+from experiment.efficiency import count_flops, measure_latency, measure_pam  # noqa: E402
+from experiment.evaluation import sliding_window_predict  # noqa: E402
 from losses import make_loss  # noqa: E402
-from utils.experiment_utils import (  # noqa: E402
-    autocast_context,
-    count_flops,
-    get_model,
-    measure_latency,
-    measure_pam,
-    sliding_window_predict,
-)
+from utils.experiment_utils import autocast_context, get_model  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

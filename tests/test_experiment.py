@@ -15,6 +15,7 @@ import torch
 import data_loader as dl
 import evaluate_experiment
 import integrated_experiment
+from experiment.training import UnitTrainer
 from experiment_runner import (
     EPOCH_COLUMNS,
     RESULT_COLUMNS,
@@ -158,17 +159,22 @@ def test_five_fold_tests_every_case_exactly_once(data_root, tmp_path):
         assert (summary.run_dir / f"unet3d_xs_seed_24_fold_{k}_best.pth").is_file()
 
 
-def test_a_failing_unit_is_recorded_and_the_others_finish(data_root, tmp_path):
-    def inject(model, seed, fold, epoch, loss):
-        if model == "unet3d_stride_xs" and epoch == 1:
+def test_a_failing_unit_is_recorded_and_the_others_finish(data_root, tmp_path, monkeypatch):
+    compute_loss = UnitTrainer.compute_loss
+
+    def inject(self, logits, label):
+        loss = compute_loss(self, logits, label)
+        if self.model_name == "unet3d_stride_xs" and self.epoch == 1:
             return loss * float("nan")
-        if model == "unet3d_2modal_s":
+        if self.model_name == "unet3d_2modal_s":
             raise torch.OutOfMemoryError("CUDA out of memory (injected by the test)")
         return loss
 
+    monkeypatch.setattr(UnitTrainer, "compute_loss", inject)
+
     cfg = tiny_config(data_root, tmp_path, models=["unet3d_stride_xs", "unet3d_2modal_s", "unet3d_xs"],
                       measure_efficiency=False)
-    summary = run_integrated_experiment(cfg, fail_hook=inject)
+    summary = run_integrated_experiment(cfg)
     assert summary.exit_code == 3
     failed = pd.read_csv(summary.run_dir / "failed_runs.csv").set_index("model")
     assert set(failed.index) == {"unet3d_stride_xs", "unet3d_2modal_s"}
@@ -279,3 +285,31 @@ def test_config_json_records_configuration_versions_and_commit(finished_run):
     assert {"python", "torch", "monai", "numpy"} <= set(saved["versions"])
     assert saved["versions"]["torch"] == torch.__version__
     assert isinstance(saved["git_commit"], str) and saved["git_commit"]
+
+
+def test_evaluate_checkpoint_equals_the_runs_test_metrics(finished_run):
+    from experiment.config import load_run_config
+    from experiment.data import open_prepared_cache
+    from experiment.evaluation import evaluate_checkpoint
+
+    cfg, summary = finished_run
+    run_cfg = load_run_config(summary.run_dir, device="cpu")
+    cache = open_prepared_cache(run_cfg, progress=False)
+    split = dl_json(summary.run_dir / "splits.json")["24"]["folds"][0]
+    ckpt = load_checkpoint(summary.run_dir / "unet3d_stride_xs_seed_24_best.pth")
+    result = evaluate_checkpoint(ckpt, run_cfg, cache, split["test"], torch.device("cpu"))
+    original = pd.read_csv(summary.run_dir / "integrated_experiment_results.csv").set_index("model")
+    for column, value in result.summary().items():
+        if column in original.columns:
+            assert value == pytest.approx(original.loc["unet3d_stride_xs", column], rel=1e-9), column
+    per_case = pd.read_csv(summary.run_dir / "per_case_results.csv").query("model == 'unet3d_stride_xs'")
+    assert [r["case_id"] for r in result.per_case] == list(per_case["case_id"])
+
+
+def test_run_log_holds_the_runs_progress_with_timestamps(finished_run):
+    cfg, summary = finished_run
+    lines = (summary.run_dir / "run.log").read_text().splitlines()
+    epoch_lines = [line for line in lines if "epoch " in line and "val Dice WT/TC/ET" in line]
+    assert len(epoch_lines) == 2 * cfg.epochs, "one line per epoch and model"
+    assert all(line[:4].isdigit() and line[4] == "-" for line in epoch_lines), "each line starts with a timestamp"
+    assert any("run folder:" in line for line in lines) and any("test Dice WT/TC/ET" in line for line in lines)

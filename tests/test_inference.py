@@ -11,7 +11,9 @@ import torch
 import torch.nn as nn
 
 import experiment_runner as er
-from utils.experiment_utils import cosine_weight_map, count_flops, sliding_window_predict
+from experiment import efficiency
+from experiment.efficiency import count_flops
+from experiment.evaluation import cosine_weight_map, sliding_window_predict
 
 
 class LabelEcho(nn.Module):
@@ -76,7 +78,7 @@ def test_out_of_memory_during_measurement_leaves_empty_values_and_a_reason(monke
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(er, "measure_latency", oom)
+    monkeypatch.setattr(efficiency, "measure_latency", oom)
     cfg = er.ExperimentConfig(dim="3d", patch_size=[32, 32, 32], models=["unet3d_xs"], dataset_version="synthetic")
     values, stages, notes = er.measure_efficiency("unet3d_xs", cfg, torch.device("cpu"))
     assert values["params"] > 0 and values["flops"] > 0

@@ -87,10 +87,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if _active() else 1
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
 def barrier() -> None:
     if _active():
         dist.barrier()

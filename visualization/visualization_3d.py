@@ -14,11 +14,10 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.patches import Patch
 
+from utils.labels import CLASS_NAMES, NUM_CLASSES
 from visualization.visualization_dataframe import PathLike, drawing
 
-CLASS_NAMES: dict[int, str] = {1: "NCR/NET", 2: "ED", 3: "ET"}
 CLASS_COLORS: dict[int, str] = {1: "#e41a1c", 2: "#4daf4a", 3: "#ffd92f"}
-NUM_CLASSES = 4
 _LABEL_CMAP = ListedColormap([(0.0, 0.0, 0.0, 0.0), *(CLASS_COLORS[k] for k in sorted(CLASS_COLORS))])
 _LABEL_NORM = BoundaryNorm(np.arange(NUM_CLASSES + 1) - 0.5, NUM_CLASSES)
 OVERLAY_ALPHA = 0.55

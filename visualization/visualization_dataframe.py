@@ -34,26 +34,32 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator
 
+from experiment.run_folder import (
+    COMPARISON_CSV,
+    EPOCHS_CSV,
+    MODALITY_CSV,
+    PER_CASE_CSV,
+    RESULTS_CSV,
+    STAGE_PAM_CSV,
+    comparison_table,
+)
 from utils.io import atomic_output
+from utils.labels import MODALITIES, REGION_NAMES
 
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-# Canonical modality order of the suite (data_loader.MODALITIES); used to order the x axis.
-MODALITY_ORDER: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+# Canonical modality order of the suite; used to order the x axis.
+MODALITY_ORDER: tuple[str, ...] = MODALITIES
 
-DICE_COLUMNS: dict[str, str] = {
-    "test_dice_wt": "WT",
-    "test_dice_tc": "TC",
-    "test_dice_et": "ET",
-    "test_dice_mean": "Mean",
-}
-HD95_COLUMNS: dict[str, str] = {"test_hd95_wt": "WT", "test_hd95_tc": "TC", "test_hd95_et": "ET"}
+# Columns of the run folder's tables (experiment/run_folder.py) -> the labels drawn for them.
+DICE_COLUMNS: dict[str, str] = {f"test_dice_{r}": name for r, name in REGION_NAMES.items()} | {
+    "test_dice_mean": "Mean"}
+HD95_COLUMNS: dict[str, str] = {f"test_hd95_{r}": name for r, name in REGION_NAMES.items()}
 PAM_COLUMNS: dict[str, str] = {"pam_train_mb": "Train", "pam_inference_mb": "Inference"}
 LATENCY_COLUMNS: dict[str, str] = {"latency_ms": "Latency"}
-PER_CASE_DICE_COLUMNS: dict[str, str] = {"dice_wt": "WT", "dice_tc": "TC", "dice_et": "ET"}
-_RUN_KEYS = ("seed", "fold")
+PER_CASE_DICE_COLUMNS: dict[str, str] = {f"dice_{r}": name for r, name in REGION_NAMES.items()}
 NOT_MEASURED = "not measured (no GPU)"
 
 
@@ -195,18 +201,7 @@ def summarize_runs(results_df: pd.DataFrame) -> pd.DataFrame:
         if "n_runs" not in summary.columns:
             summary["n_runs"] = np.nan
         return summary
-    models = _models_in_order(results_df)
-    metric_cols = [
-        c
-        for c in results_df.columns
-        if c not in ("model", *_RUN_KEYS) and pd.api.types.is_numeric_dtype(results_df[c])
-    ]
-    numeric = results_df[metric_cols].astype(float).assign(model=results_df["model"].astype(str))
-    grouped = numeric.groupby("model", sort=False)
-    stats = grouped[metric_cols].agg(["mean", "std"])
-    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
-    stats["n_runs"] = grouped.size()
-    return stats.loc[models]
+    return comparison_table(results_df)
 
 
 def _summary_for(
@@ -587,7 +582,7 @@ class PlotJob:
     has_data: Callable[[pd.DataFrame], bool] = field(default=lambda df: not df.empty)
 
 
-_RESULTS_SOURCES = ("integrated_experiment_results.csv", "model_comparison.csv")
+_RESULTS_SOURCES = (RESULTS_CSV, COMPARISON_CSV)
 
 
 def _efficiency_data(df: pd.DataFrame) -> bool:
@@ -595,7 +590,7 @@ def _efficiency_data(df: pd.DataFrame) -> bool:
 
 
 PLOT_JOBS: tuple[PlotJob, ...] = (
-    PlotJob(("all_epochs_results.csv",), "learning_curves.png", plot_learning_curves),
+    PlotJob((EPOCHS_CSV,), "learning_curves.png", plot_learning_curves),
     PlotJob(_RESULTS_SOURCES, "model_comparison_chart.png", plot_model_comparison),
     PlotJob(_RESULTS_SOURCES, "parameter_efficiency.png", plot_parameter_efficiency),
     PlotJob(
@@ -604,10 +599,10 @@ PLOT_JOBS: tuple[PlotJob, ...] = (
         write_interactive_3d_analysis,
         lambda df: not df.empty and _efficiency_data(df),
     ),
-    PlotJob(("per_case_results.csv",), "per_case_dice.png", plot_per_case_dice),
-    PlotJob(("modality_contributions.csv",), "modality_contributions.png", plot_modality_contributions),
+    PlotJob((PER_CASE_CSV,), "per_case_dice.png", plot_per_case_dice),
+    PlotJob((MODALITY_CSV,), "modality_contributions.png", plot_modality_contributions),
     PlotJob(
-        ("stage_wise_pam_results.csv",),
+        (STAGE_PAM_CSV,),
         "stage_wise_pam.png",
         plot_stage_wise_pam,
         lambda df: not df.empty and _has_values(df, list(PAM_COLUMNS)),

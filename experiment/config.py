@@ -1,0 +1,199 @@
+"""``ExperimentConfig``: everything a run depends on, and the one table the CLI is built from.
+
+Each field that is a command-line option carries its flag, help, group and choices in its
+``metadata`` (see :func:`option`), so a new option is one field here: ``integrated_experiment.py``
+builds its parser from :func:`cli_fields`. Fields without metadata (e.g. ``weight_decay``) are
+configuration only.
+
+:func:`load_run_config` reads a run folder's ``config.json`` back, with explicit override rules,
+for ``--resume``, ``evaluate_experiment.py`` and prediction.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brats_data.cases import DATASET_VERSIONS
+from utils.experiment_utils import list_models, model_spec
+from utils.io import read_json
+
+CONFIG_JSON = "config.json"  # re-exported by run_folder, which owns every file name
+DEFAULT_DATA_PATH = os.environ.get("BRATS_DATA_PATH", "./data")
+LOSSES = ("nnunet", "standard")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+
+# What a later command may change about an existing run: where and how it runs, never what it is.
+RUNTIME_FIELDS: tuple[str, ...] = ("data_path", "cache_dir", "device", "num_workers", "sharing_strategy")
+
+
+def option(default: Any = MISSING, help: str = "", *, group: str = "run", flag: str | None = None,
+           choices: Sequence[Any] | None = None, type: Any = None, nargs: Any = None, metavar: Any = None,
+           default_factory: Any = MISSING, flags: dict[str, Any] | None = None) -> Any:
+    """A dataclass field that is also a command-line option.
+
+    ``flag`` renames the option (default ``--{field name}``); a bool field defaulting to False is a
+    ``store_true`` switch, one defaulting to True needs ``flag`` (a ``store_false`` switch such as
+    ``--no_efficiency``). ``flags`` maps several mutually exclusive switches to the values they set
+    (``--use_nnunet_loss`` -> ``"nnunet"``).
+    """
+    cli = {"help": help, "group": group, "flag": flag, "choices": choices, "type": type, "nargs": nargs,
+           "metavar": metavar, "flags": flags}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata={"cli": cli})
+    return field(default=default, metadata={"cli": cli})
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run depends on; written to ``config.json`` of the run folder."""
+
+    # data
+    data_path: str = option(DEFAULT_DATA_PATH, "common dataset root (env BRATS_DATA_PATH, else ./data)", group="data")
+    dataset_version: str = option("brats2018", "dataset layout under --data_path; 'synthetic' generates a "
+                                  "BraTS-like dataset once", group="data", choices=DATASET_VERSIONS)
+    synthetic_cases: int = option(20, "number of synthetic cases", group="data")
+    synthetic_shape: list[int] | None = option(None, "volume size of synthetic cases (default 96 96 64; real "
+                                               "BraTS is 240 240 155)", group="data", type=int, nargs=3,
+                                               metavar=("X", "Y", "Z"))
+    max_samples: int | None = option(None, "use at most N cases (first N by case id)", group="data", type=int)
+    use_5fold: bool = option(False, "5-fold cross-validation instead of 80/10/10", group="data")
+    skip_bad_cases: bool = option(False, "skip unreadable/inconsistent cases (listed in skipped_cases.csv) "
+                                  "instead of stopping", group="data")
+    cache_dir: str | None = option(None, "preprocessed cache folder (default: "
+                                   "{data_path}/preprocessed/{dataset_version})", group="data", type=str)
+    num_workers: int = option(8, "DataLoader workers (per process under torchrun)", group="data")
+    sharing_strategy: str = option("file_descriptor", "torch.multiprocessing sharing strategy (file_system if "
+                                   "/dev/shm or open files run out)", group="data",
+                                   choices=("file_descriptor", "file_system"))
+    patches_per_case: int | None = option(None, "training patches (3D) or slices (2D) drawn per training case "
+                                          "per epoch (default 1 in 3D, 8 in 2D)", group="data", type=int)
+    # training
+    models: list[str] | None = option(None, "model names (default: every model for --dim)", group="training",
+                                      type=str, nargs="+")
+    dim: str = option("2d", "2D slice models or 3D volume models", group="training", choices=("2d", "3d"))
+    epochs: int = option(10, "training epochs", group="training")
+    batch_size: int = option(1, "per GPU/process under distributed training", group="training")
+    seeds: list[int] = option(help="e.g. --seeds 24 42 123", group="training", type=int, nargs="+",
+                              default_factory=lambda: [24])
+    patch_size: list[int] = option(help="training patch and sliding-window ROI: Z Y X (3D); Y X or Z Y X "
+                                   "(2D uses the last two)", group="training", type=int, nargs="+",
+                                   default_factory=lambda: [128, 128, 128])
+    overlap: float = option(0.1, "sliding-window overlap", group="training")
+    lr: float = option(1e-3, "AdamW learning rate (polynomial decay, power 0.9)", group="training")
+    loss: str = option("nnunet", group="training", flags={
+        "--use_nnunet_loss": ("nnunet", "Dice 70%% + CE 30%% (the default)"),
+        "--use_standard_loss": ("standard", "Dice 50%% + CE 50%%")})
+    use_pretrained: bool = option(False, "initialise from local weights {pretrained_dir}/{model}.pth "
+                                  "(nothing is downloaded)", group="training")
+    pretrained_dir: str = option("pretrained", "folder of --use_pretrained weights", group="training")
+    deterministic: bool = option(False, "deterministic algorithms (slower on GPU)", group="training")
+    amp: str = option("auto", "mixed precision on CUDA (auto = bf16); always off on CPU", group="training",
+                      choices=AMP_MODES)
+    compile: bool = option(False, "torch.compile the training model", group="training")
+    # run
+    results_dir: str = option("baseline_results", "where run folders are created")
+    device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
+    resume: str | None = option(None, "continue an interrupted run in that folder", type=str, metavar="RUN_DIR")
+    measure_efficiency: bool = option(True, "skip FLOPs/PAM/latency measurement", flag="--no_efficiency")
+    # configuration only (no flag)
+    weight_decay: float = 1e-5
+    sw_batch_size: int = 2
+
+    def __post_init__(self) -> None:
+        if self.dim not in ("2d", "3d"):
+            raise ValueError(f"--dim must be 2d or 3d, got {self.dim!r}")
+        choices = {"dataset_version": DATASET_VERSIONS, "loss": LOSSES, "amp": AMP_MODES,
+                   "sharing_strategy": ("file_descriptor", "file_system")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if not self.seeds:
+            raise ValueError("--seeds needs at least one seed")
+        if len(self.patch_size) not in (2, 3) or (self.dim == "3d" and len(self.patch_size) != 3):
+            raise ValueError(f"--patch_size takes Z Y X (3 values; 2D also Y X), got {list(self.patch_size)}")
+        self.seeds = [int(s) for s in self.seeds]
+        self.patch_size = [int(p) for p in self.patch_size]
+
+    @property
+    def spatial_patch(self) -> tuple[int, ...]:
+        """The patch for ``dim``: (Z, Y, X) in 3D, (Y, X) in 2D."""
+        return tuple(self.patch_size[-2:]) if self.dim == "2d" else tuple(self.patch_size)
+
+    @property
+    def model_names(self) -> list[str]:
+        names = self.models or [m for m in list_models() if self.dim in model_spec(m).dims]
+        return list(dict.fromkeys(names))
+
+    def resolved_patches_per_case(self) -> int:
+        return self.patches_per_case or (1 if self.dim == "3d" else 8)
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path(self.data_path) / "preprocessed" / self.dataset_version
+
+    def resolved_amp(self, device: torch.device) -> str:
+        if device.type != "cuda":
+            return "none"
+        return "bf16" if self.amp == "auto" else self.amp
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def cli_fields() -> list[Field]:
+    """The fields of :class:`ExperimentConfig` that are command-line options, in declaration order."""
+    return [f for f in fields(ExperimentConfig) if "cli" in f.metadata]
+
+
+def unit_name(model: str, seed: int, fold: int, use_5fold: bool) -> str:
+    """The name of one (model, seed, fold) unit, as in its checkpoint file names."""
+    return f"{model}_seed_{seed}_fold_{fold}" if use_5fold else f"{model}_seed_{seed}"
+
+
+def load_run_config(run_dir: str | Path, **overrides: Any) -> ExperimentConfig:
+    """The configuration a run folder was made with, for ``--resume``, evaluation and prediction.
+
+    Rules: everything that defines the experiment (data set, models, splits' seeds, patch, training
+    and evaluation settings) comes from the run's ``config.json``. Only :data:`RUNTIME_FIELDS` —
+    where the data and cache are and how the processes run — may be overridden; an override of
+    ``None`` keeps the saved value, and any other field raises ``ValueError``.
+    """
+    path = Path(run_dir) / CONFIG_JSON
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no {CONFIG_JSON} there; is it a run folder?")
+    saved = read_json(path)["config"]
+    unknown = sorted(set(overrides) - set(RUNTIME_FIELDS))
+    if unknown:
+        raise ValueError(f"cannot override {', '.join(unknown)} of the run in {run_dir}: it defines the experiment "
+                         f"(only {', '.join(RUNTIME_FIELDS)} may change)")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return ExperimentConfig.from_dict({**saved, **changes, "resume": None})
+
+
+def resume_config(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``--resume RUN_DIR``: the run's configuration, with this command's runtime settings.
+
+    The device, worker count and sharing strategy always come from this command; the data path and
+    the cache folder only where this command sets them (the data moved since the run).
+    """
+    runtime = {k: getattr(cfg, k) for k in ("device", "num_workers", "sharing_strategy", "cache_dir")}
+    if cfg.data_path and cfg.data_path != DEFAULT_DATA_PATH:
+        runtime["data_path"] = cfg.data_path
+    merged = load_run_config(cfg.resume, **runtime)
+    merged.resume = cfg.resume
+    return merged

@@ -1,0 +1,212 @@
+"""The run folder: every file name and column list, and :class:`RunFolder`, the one object that writes it.
+
+``{results_dir}/integrated_experiment_results_YYYYMMDD_HHMMSS/`` holds the files named below. The
+required columns are fixed by DESIGN.md (scripts outside the project read them); more columns
+follow them. Every file is written atomically (``utils.io``), and a unit's rows are written last
+to ``integrated_experiment_results.csv``, whose row marks the unit finished. Only rank 0 writes.
+
+``visualization/`` and ``evaluate_experiment.py`` take their file names from here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from experiment.config import CONFIG_JSON, unit_name
+from metrics import REGION_METRIC_KEYS
+from utils.io import append_rows, read_csv, read_json, replace_rows, write_csv, write_json
+
+# ----------------------------------------------------------------------------- file names
+RUN_PREFIX = "integrated_experiment_results_"
+SPLITS_JSON = "splits.json"
+RESULTS_CSV = "integrated_experiment_results.csv"
+EPOCHS_CSV = "all_epochs_results.csv"
+PER_CASE_CSV = "per_case_results.csv"
+COMPARISON_CSV = "model_comparison.csv"
+STAGE_PAM_CSV = "stage_wise_pam_results.csv"
+FAILED_CSV = "failed_runs.csv"
+SKIPPED_CSV = "skipped_cases.csv"
+MODALITY_CSV = "modality_contributions.csv"
+CONFUSION_JSON = "confusion_matrices.json"
+EVALUATION_CSV = "evaluation_results.csv"
+EVALUATION_PER_CASE_CSV = "evaluation_per_case_results.csv"
+LOG_FILE = "run.log"
+LAST_DIR = "last"
+
+# ----------------------------------------------------------------------------- columns
+UNIT_COLUMNS = ["model", "seed", "fold"]
+TEST_METRIC_COLUMNS = [f"test_{k}" for k in REGION_METRIC_KEYS] + ["test_dice_mean"]
+EFFICIENCY_KEYS = ["params", "flops", "pam_train_mb", "pam_train_mb_std", "pam_inference_mb",
+                   "pam_inference_mb_std", "latency_ms", "latency_ms_std"]
+RESULT_COLUMNS = UNIT_COLUMNS + [
+    "test_dice_wt", "test_dice_tc", "test_dice_et", "test_dice_mean",
+    "test_hd95_wt", "test_hd95_tc", "test_hd95_et",
+    *EFFICIENCY_KEYS, "best_epoch", "best_val_dice",
+]
+VAL_DICE_KEYS = ["val_dice_wt", "val_dice_tc", "val_dice_et", "val_dice_mean"]
+EPOCH_COLUMNS = UNIT_COLUMNS + ["epoch", "train_loss", *VAL_DICE_KEYS, "lr", "epoch_time_s"]
+PER_CASE_COLUMNS = UNIT_COLUMNS + ["case_id", *REGION_METRIC_KEYS]
+STAGE_PAM_COLUMNS = ["model", "stage", "pam_train_mb", "pam_inference_mb"]
+FAILED_COLUMNS = UNIT_COLUMNS + ["epoch", "reason", "time"]
+SKIPPED_COLUMNS = ["case_id", "path", "reason"]
+MODALITY_COLUMNS = UNIT_COLUMNS + ["modality", "weight_mean", "weight_std"]
+
+
+def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
+    """``model_comparison.csv`` from the per-unit results: one row per model (order of first
+    appearance), ``{metric}_mean`` and ``{metric}_std`` (sample std, NaN with one run) of every
+    numeric column except seed and fold, and ``n_runs``. Indexed by model."""
+    metric_cols = [c for c in results.columns
+                   if c not in UNIT_COLUMNS and pd.api.types.is_numeric_dtype(results[c])]
+    numeric = results[metric_cols].astype(float).assign(model=results["model"].astype(str))
+    grouped = numeric.groupby("model", sort=False)
+    stats = grouped[metric_cols].agg(["mean", "std"])
+    stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
+    stats["n_runs"] = grouped.size()
+    return stats.loc[list(dict.fromkeys(results["model"].astype(str)))]
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+@dataclass
+class UnitKey:
+    model: str
+    seed: int
+    fold: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "seed": self.seed, "fold": self.fold}
+
+
+class RunFolder:
+    """One run folder: its paths, what it holds, and every write to it (call the writers on rank 0)."""
+
+    def __init__(self, path: str | Path, use_5fold: bool = False) -> None:
+        self.path = Path(path)
+        self.use_5fold = use_5fold
+
+    @classmethod
+    def create(cls, results_dir: str | Path, use_5fold: bool = False) -> RunFolder:
+        """A new, empty ``integrated_experiment_results_{timestamp}`` folder (``_1``, ``_2`` ... on a clash)."""
+        base = Path(results_dir) / f"{RUN_PREFIX}{_dt.datetime.now():%Y%m%d_%H%M%S}"
+        path, i = base, 1
+        while True:
+            try:
+                path.mkdir(parents=True, exist_ok=False)
+                return cls(path, use_5fold)
+            except FileExistsError:
+                path, i = Path(f"{base}_{i}"), i + 1
+
+    @staticmethod
+    def is_run_folder(path: str | Path) -> bool:
+        return (Path(path) / CONFIG_JSON).is_file() and (Path(path) / SPLITS_JSON).is_file()
+
+    # ------------------------------------------------------------------ paths
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def unit(self, key: UnitKey) -> str:
+        return unit_name(key.model, key.seed, key.fold, self.use_5fold)
+
+    def best_checkpoint(self, key: UnitKey) -> Path:
+        return self.path / f"{self.unit(key)}_best.pth"
+
+    def last_checkpoint(self, key: UnitKey) -> Path:
+        return self.path / LAST_DIR / f"{self.unit(key)}_last.pth"
+
+    def best_checkpoints(self) -> list[Path]:
+        return sorted(self.path.glob("*_best.pth"))
+
+    # ------------------------------------------------------------------ run-level files
+    def write_config(self, record: Mapping[str, Any]) -> None:
+        write_json(self.path / CONFIG_JSON, dict(record))
+
+    def read_config(self) -> dict[str, Any]:
+        return read_json(self.path / CONFIG_JSON)
+
+    def write_splits(self, splits: Mapping[str, Any]) -> None:
+        write_json(self.path / SPLITS_JSON, dict(splits))
+
+    def read_splits(self) -> dict[str, Any] | None:
+        path = self.path / SPLITS_JSON
+        return read_json(path) if path.exists() else None
+
+    def write_skipped(self, errors: list[dict[str, Any]]) -> None:
+        """``skipped_cases.csv``; rewritten (also emptied) on resume once it exists."""
+        if errors or (self.path / SKIPPED_CSV).exists():
+            write_csv(self.path / SKIPPED_CSV, pd.DataFrame(errors, columns=SKIPPED_COLUMNS))
+
+    def finished_units(self) -> set[tuple[str, int, int]]:
+        done = read_csv(self.path / RESULTS_CSV, RESULT_COLUMNS)
+        return {(r.model, int(r.seed), int(r.fold)) for r in done.itertuples()}
+
+    # ------------------------------------------------------------------ a unit's rows
+    def append_epoch(self, key: UnitKey, row: Mapping[str, Any]) -> None:
+        append_rows(self.path / EPOCHS_CSV, [{**key.as_dict(), **row}], EPOCH_COLUMNS)
+
+    def reset_epoch_rows(self, key: UnitKey, checkpoint_rows: Iterable[Mapping[str, Any]]) -> None:
+        """Replace a unit's epoch rows by those its last checkpoint recorded (none lost, none duplicated)."""
+        replace_rows(self.path / EPOCHS_CSV, key.as_dict(), [{**key.as_dict(), **r} for r in checkpoint_rows],
+                     EPOCH_COLUMNS)
+
+    def record_failure(self, key: UnitKey, epoch: int, reason: str) -> None:
+        append_rows(self.path / FAILED_CSV, [{**key.as_dict(), "epoch": epoch, "reason": reason, "time": _now()}],
+                    FAILED_COLUMNS)
+
+    def write_stage_pam(self, model: str, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            replace_rows(self.path / STAGE_PAM_CSV, {"model": model}, rows, STAGE_PAM_COLUMNS)
+        elif not (self.path / STAGE_PAM_CSV).exists():
+            write_csv(self.path / STAGE_PAM_CSV, pd.DataFrame(columns=STAGE_PAM_COLUMNS))
+
+    def write_unit(self, key: UnitKey, row: Mapping[str, Any], per_case: list[dict[str, Any]],
+                   confusion: np.ndarray, modality_weights: Mapping[str, list[float]]) -> None:
+        """A finished unit: per-case rows, modality weights, confusion matrix, then its results row.
+
+        Rows of a unit re-run on ``--resume`` (it crashed after writing some) replace the old ones.
+        """
+        k = key.as_dict()
+        replace_rows(self.path / PER_CASE_CSV, k, [{**k, **r} for r in per_case], PER_CASE_COLUMNS)
+        if modality_weights:
+            replace_rows(self.path / MODALITY_CSV, k, [
+                {**k, "modality": m, "weight_mean": float(np.mean(w)), "weight_std": float(np.std(w))}
+                for m, w in modality_weights.items()], MODALITY_COLUMNS)
+        cm_path = self.path / CONFUSION_JSON
+        cms = read_json(cm_path) if cm_path.exists() else {}
+        cms[self.unit(key)] = np.asarray(confusion).tolist()
+        write_json(cm_path, cms)
+        append_rows(self.path / RESULTS_CSV, [{**k, **row}], RESULT_COLUMNS)  # last: marks the unit finished
+
+    def remove_last(self, key: UnitKey) -> None:
+        self.last_checkpoint(key).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ run end and re-evaluation
+    def finish(self) -> pd.DataFrame:
+        """Drop an empty resume-state folder; write ``model_comparison.csv``; return it."""
+        last = self.path / LAST_DIR
+        if last.is_dir() and not any(last.iterdir()):
+            last.rmdir()
+        results = read_csv(self.path / RESULTS_CSV, RESULT_COLUMNS)
+        if results.empty:
+            return results
+        table = comparison_table(results).rename_axis("model").reset_index()
+        write_csv(self.path / COMPARISON_CSV, table)
+        return table
+
+    def write_evaluation(self, rows: list[dict[str, Any]], per_case: list[dict[str, Any]]) -> pd.DataFrame:
+        """``evaluation_results.csv`` (unit and test columns first) and ``evaluation_per_case_results.csv``."""
+        table = pd.DataFrame(rows)
+        first = UNIT_COLUMNS + TEST_METRIC_COLUMNS
+        table = table[first + [c for c in table.columns if c not in first]]
+        write_csv(self.path / EVALUATION_CSV, table)
+        write_csv(self.path / EVALUATION_PER_CASE_CSV, pd.DataFrame(per_case, columns=PER_CASE_COLUMNS))
+        return table

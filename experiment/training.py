@@ -1,0 +1,303 @@
+"""Training of one unit (model, seed, fold), as a short skeleton over named steps:
+
+    trainer = UnitTrainer(...)          build: model, DDP/compile wrapper, optimizer, schedule, loss
+    trainer.resume()                    continue from the unit's last checkpoint, if any
+    for epoch in ...:
+        trainer.train_epoch(epoch)      one pass over the training loader (train_step per batch)
+        trainer.validate()              whole validation volumes, sliding window
+        trainer.end_epoch(...)          best/last checkpoints, the epoch row, the log line
+
+in the spirit of nnU-Net's trainer hooks. Beside it: the stop flag set by SIGINT/SIGTERM, the RNG
+state kept in checkpoints, and the weight fingerprint that tells whether DDP ranks stayed in sync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from experiment.config import ExperimentConfig
+from experiment.data import build_train_loader
+from experiment.evaluation import validation_dice
+from experiment.run_folder import RunFolder, UnitKey
+from losses import make_loss
+from utils import distributed as du
+from utils.checkpoint import BEST_KEYS, load_checkpoint, load_pretrained, save_checkpoint, unwrap_model
+from utils.experiment_utils import autocast_context, get_model, model_spec, set_seed
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- interruption
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; training checks it between steps, so a checkpoint write always completes."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.requested:  # second signal: give up immediately
+            raise KeyboardInterrupt
+        self.requested = True
+        # print, not logging: a signal handler must not wait for a lock the interrupted code may hold
+        print(f"\nreceived signal {signum}: stopping after the current step; resume with --resume",
+              file=sys.stderr, flush=True)
+
+
+STOP = StopFlag()
+
+
+class Interrupted(Exception):
+    """Raised inside a unit when a stop was requested; the unit stays resumable."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    pass
+
+
+# ----------------------------------------------------------------------------- state helpers
+def weights_fingerprint(model: nn.Module) -> str:
+    """A hash of every parameter and buffer's bytes: equal on all ranks when DDP kept them in sync."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(unwrap_model(model).state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "python_version": random.getstate()[0],
+        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python_version"], tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def state_dict_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unwrapped model's weights, copied to the CPU (what checkpoints hold)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in unwrap_model(model).state_dict().items()}
+
+
+@dataclass
+class TrainResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_val_dice: float
+    curves: list[dict[str, Any]] = field(default_factory=list)
+    ranks_in_sync: bool = True
+
+
+# ----------------------------------------------------------------------------- the trainer
+class UnitTrainer:
+    """The state of one unit's training and its named steps (see the module docstring)."""
+
+    def __init__(self, model_name: str, cfg: ExperimentConfig, cache: Any, split: dict[str, list[str]],
+                 key: UnitKey, run: RunFolder, ctx: du.DistContext) -> None:
+        self.model_name, self.cfg, self.cache, self.split, self.key, self.run, self.ctx = (
+            model_name, cfg, cache, split, key, run, ctx)
+        self.unit = run.unit(key)
+        self.modalities = model_spec(model_name).modalities
+        self.device, self.amp = ctx.device, cfg.resolved_amp(ctx.device)
+        self.epoch, self.start_epoch = 0, 0
+        self.best = TrainResult({}, -1, -math.inf)
+        self._build()
+
+    def _build(self) -> None:
+        cfg, ctx = self.cfg, self.ctx
+        set_seed(self.key.seed, cfg.deterministic)  # identical initial weights on every rank
+        self.model = get_model(self.model_name, cfg.dim, cfg.spatial_patch)
+        if cfg.use_pretrained:
+            path = Path(cfg.pretrained_dir) / f"{self.model_name}.pth"
+            report = load_pretrained(self.model, path)
+            log.info("[%s] pretrained weights from %s: %d tensors loaded, %d skipped (shape), %d not in the file",
+                     self.unit, path, len(report["loaded"]), len(report["skipped"]), len(report["missing"]))
+        self.model.to(self.device)
+        torch.manual_seed(self.key.seed + ctx.rank)  # per-rank offset for everything random after initialisation
+        self.train_module: nn.Module = self.model
+        if ctx.distributed:
+            self.train_module = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.compile:
+            self.train_module = torch.compile(self.train_module)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=cfg.epochs, power=0.9)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
+        self.loss_fn = make_loss(self.cfg.loss)
+        self.autocast = autocast_context(self.device, self.amp)
+
+    # ------------------------------------------------------------------ resume
+    def resume(self) -> None:
+        """Continue from the unit's last checkpoint (weights, optimizer, schedule, scaler, RNG, curves)."""
+        last_path = self.run.last_checkpoint(self.key)
+        if not last_path.exists():
+            return
+        state = load_checkpoint(last_path, map_location="cpu")
+        self.model.load_state_dict(state["state_dict"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.start_epoch = state["epoch"] + 1
+        self.best = TrainResult({}, state["best_epoch"], state["best_val_dice"], list(state["curves"]))
+        best_path = self.run.best_checkpoint(self.key)
+        if best_path.exists():
+            self.best.best_state = load_checkpoint(best_path, BEST_KEYS)["state_dict"]
+        log.info("[%s] resuming at epoch %d (best val Dice %.4f at epoch %d)", self.unit, self.start_epoch,
+                 self.best.best_val_dice, self.best.best_epoch)
+
+    # ------------------------------------------------------------------ one epoch
+    def compute_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(logits.float(), label)
+
+    def train_step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; returns the loss averaged over the ranks (float64, on the device).
+
+        Loss and stop request are summed over ranks every step, so all ranks see a non-finite loss or
+        a signal received by any of them at the same step, and stop together, before the update.
+        """
+        image = image.to(self.device, non_blocking=True)
+        label = label.to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.train_module(image)
+        loss = self.compute_loss(logits, label)
+        stop = torch.tensor(float(STOP.requested), dtype=torch.float64, device=self.device)
+        stats = du.all_reduce_sum(torch.stack([loss.detach().double(), stop]))
+        if stats[1].item() > 0:
+            raise Interrupted(f"stopped during epoch {self.epoch}")
+        step_loss = stats[0] / self.ctx.world_size
+        if not torch.isfinite(step_loss):
+            raise NonFiniteLoss(f"non-finite training loss ({step_loss.item()}) at epoch {self.epoch}")
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return step_loss
+
+    def train_epoch(self, loader: Any, epoch: int) -> float:
+        """One pass over ``loader``; returns the mean training loss. The learning rate steps afterwards."""
+        self.epoch = epoch
+        loader.sampler.set_epoch(epoch)
+        loader.dataset.set_epoch(epoch)
+        self.train_module.train()
+        total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0
+        desc = f"{self.unit} epoch {epoch + 1}/{self.cfg.epochs}"
+        for image, label in tqdm(loader, desc=desc, leave=False, disable=not self.ctx.is_main):
+            total += self.train_step(image, label)
+            count += 1
+        return float(total.item() / max(count, 1))
+
+    def validate(self) -> dict[str, float]:
+        cfg = self.cfg
+        return validation_dice(self.model, self.cache, self.split["val"], self.modalities, dim=cfg.dim,
+                               patch=cfg.spatial_patch, overlap=cfg.overlap, device=self.device, amp=self.amp,
+                               sw_batch_size=cfg.sw_batch_size)
+
+    # ------------------------------------------------------------------ end of an epoch
+    def end_epoch(self, epoch: int, train_loss: float, lr: float, val: dict[str, float], seconds: float
+                  ) -> dict[str, Any]:
+        """Keep the best weights, write the best/last checkpoints (rank 0), log; return the epoch row."""
+        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "epoch_time_s": seconds}
+        self.best.curves.append(row)
+        improved = val["val_dice_mean"] > self.best.best_val_dice
+        if improved:
+            self.best.best_state, self.best.best_epoch = state_dict_cpu(self.model), epoch
+            self.best.best_val_dice = val["val_dice_mean"]
+        if self.ctx.is_main:
+            if improved:
+                self._save_best(epoch)
+            self._save_last(epoch)
+            log.info("[%s] epoch %d/%d loss %.4f val Dice WT/TC/ET %.3f/%.3f/%.3f (%.1fs)", self.unit, epoch + 1,
+                     self.cfg.epochs, train_loss, val["val_dice_wt"], val["val_dice_tc"], val["val_dice_et"],
+                     seconds)
+        return row
+
+    def _save_best(self, epoch: int) -> None:
+        save_checkpoint(self.run.best_checkpoint(self.key), {
+            "model_name": self.model_name, "state_dict": self.best.best_state, "config": self.cfg.to_dict(),
+            "epoch": epoch, "best_val_dice": self.best.best_val_dice, "seed": self.key.seed, "fold": self.key.fold,
+            "dim": self.cfg.dim, "patch_size": list(self.cfg.spatial_patch), "modalities": list(self.modalities),
+        })
+
+    def _save_last(self, epoch: int) -> None:
+        save_checkpoint(self.run.last_checkpoint(self.key), {
+            "model_name": self.model_name, "state_dict": state_dict_cpu(self.model),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "curves": self.best.curves,
+            "best_epoch": self.best.best_epoch, "best_val_dice": self.best.best_val_dice, "config": self.cfg.to_dict(),
+        })
+
+    def finish(self) -> TrainResult:
+        """The best weights and the curves; whether the ranks ended with identical weights."""
+        self.best.ranks_in_sync = len(set(du.all_gather_objects(weights_fingerprint(self.model)))) == 1
+        if not self.best.ranks_in_sync:
+            log.warning("[%s] model weights differ between ranks after training", self.unit)
+        return self.best
+
+
+def train_model(
+    model_name: str, cfg: ExperimentConfig, cache: Any, split: dict[str, list[str]], seed: int, fold: int,
+    run: RunFolder | str | Path, ctx: du.DistContext, *,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train one unit; validate each epoch; keep the best weights (by validation mean Dice).
+
+    Every epoch a ``last`` checkpoint (model, optimizer, scheduler, scaler, RNG, curves, best score) is
+    written atomically to ``run/last/``; the best weights go to ``{unit}_best.pth``. When a last
+    checkpoint exists, training continues from the epoch after it. ``on_epoch_end(row)`` runs on rank 0.
+    """
+    run = run if isinstance(run, RunFolder) else RunFolder(run, cfg.use_5fold)
+    trainer = UnitTrainer(model_name, cfg, cache, split, UnitKey(model_name, seed, fold), run, ctx)
+    trainer.resume()
+    loader, _, _ = build_train_loader(cfg, cache, split["train"], trainer.modalities, seed, ctx)
+    for epoch in range(trainer.start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        train_loss = trainer.train_epoch(loader, epoch)
+        lr = trainer.optimizer.param_groups[0]["lr"]
+        trainer.scheduler.step()
+        row = trainer.end_epoch(epoch, train_loss, lr, trainer.validate(), time.perf_counter() - t0)
+        if ctx.is_main and on_epoch_end:
+            on_epoch_end(row)
+        if du.any_rank_true(STOP.requested, ctx.device):
+            raise Interrupted(f"stopped after epoch {epoch}")
+    return trainer.finish()
