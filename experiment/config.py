@@ -95,7 +95,13 @@ class ExperimentConfig:
     deterministic: bool = option(False, "deterministic algorithms (slower on GPU)", group="training")
     amp: str = option("auto", "mixed precision on CUDA (auto = bf16); always off on CPU", group="training",
                       choices=AMP_MODES)
-    compile: bool = option(False, "torch.compile the training model", group="training")
+    compile: bool = option(False, "torch.compile the model for training and for sliding-window inference "
+                           "(checkpoints hold the uncompiled weights)", group="training")
+    channels_last: bool = option(False, "channels-last memory format (channels_last_3d in 3D) for the model "
+                                 "and its training inputs", group="training")
+    grad_checkpoint: bool = option(False, "activation checkpointing to cut training memory: MONAI's "
+                                   "use_checkpoint where the model has it (SwinUNETR), else each top-level "
+                                   "stage is recomputed in the backward pass", group="training")
     # run
     results_dir: str = option("baseline_results", "where run folders are created")
     device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))

@@ -108,14 +108,37 @@ def measure_pam(
     }
 
 
+def named_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The stages of a model in forward order: its top-level children, except that a child holding a
+    ``stages`` list (a branch encoder of the multi-branch models) counts as its stages, so every
+    encoder stage of every branch is its own row (``branch_flair.stage1`` ... ``stage4``)."""
+    out = []
+    for name, child in model.named_children():
+        inner = getattr(child, "stages", None)
+        if isinstance(inner, nn.ModuleList) and len(inner):
+            out += [(f"{name}.stage{i + 1}", stage) for i, stage in enumerate(inner)]
+        else:
+            out.append((name, child))
+    return out
+
+
+def inference_copy(model: nn.Module) -> tuple[nn.Module, int]:
+    """An eval-mode copy with every RepLK branch pair fused into one kernel (exact in eval mode), as it
+    would be deployed; returns the copy and the number of fused convolutions (0 for other models)."""
+    from models.modules.replk import reparameterize_model
+
+    fused = copy.deepcopy(model).eval()
+    return fused, reparameterize_model(fused)
+
+
 def measure_stage_pam(
     model: nn.Module, input_shape: Sequence[int], device: torch.device, amp: str = "bf16"
 ) -> list[dict[str, float | str]]:
-    """Per top-level stage, the peak allocation increase (MiB) during its forward, train and inference."""
+    """Per stage (:func:`named_stages`), the peak allocation increase (MiB) during its forward, train and inference."""
     if device.type != "cuda":
         return []
     model = model.to(device)
-    stages = list(model.named_children())
+    stages = named_stages(model)
     x = torch.randn(*input_shape, device=device)
     results: dict[str, dict[str, float]] = {name: {} for name, _ in stages}
 
@@ -199,10 +222,17 @@ def measure_efficiency(model_name: str, cfg: Any, device: torch.device) -> tuple
     notes, stages = [], []
     model = get_model(model_name, cfg.dim, cfg.spatial_patch)
     values["params"] = count_parameters(model)
+    deployed, n_fused = inference_copy(model)
+    if getattr(cfg, "grad_checkpoint", False):  # the training PAM of the run as configured
+        from experiment.training import enable_grad_checkpoint
+
+        notes.append(f"PAM with activation checkpointing ({enable_grad_checkpoint(model)})")
+    if n_fused:
+        notes.append(f"latency with {n_fused} RepLK convolutions re-parameterised")
     steps: list[tuple[str, Callable[[], Any]]] = [
         ("flops", lambda: {"flops": count_flops(model, shape)}),
         ("pam", lambda: measure_pam(model, shape, device, amp)),
-        ("latency", lambda: measure_latency(model, shape, device, amp)),
+        ("latency", lambda: measure_latency(deployed, shape, device, amp)),
     ]
     for name, step in steps:
         try:
@@ -217,6 +247,7 @@ def measure_efficiency(model_name: str, cfg: Any, device: torch.device) -> tuple
         notes.append(f"stage_pam: {type(exc).__name__}")
     if device.type == "cuda":
         model.cpu()
+        deployed.cpu()
         torch.cuda.empty_cache()
     else:
         notes.append("PAM not measured (no CUDA device)")

@@ -83,7 +83,7 @@ def predict_volume(
 ) -> np.ndarray:
     """Label map (Z, Y, X) for a whole volume ``image`` (C, Z, Y, X): 3D sliding window, or 2D slice by slice."""
     model.eval()
-    weight_map = cosine_weight_map(patch) if weight_map is None else weight_map
+    weight_map = cosine_weight_map(patch).to(device) if weight_map is None else weight_map
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
     if dim == "3d":
         logits = sliding_window_predict(model, x[None], patch, overlap, sw_batch_size, amp, weight_map)
@@ -156,21 +156,24 @@ def _predict_with_weights(model: nn.Module, image: np.ndarray, predict: Callable
 def evaluate_model(
     model: nn.Module, cache: Any, case_ids: Sequence[str], modalities: Sequence[str], *, dim: str,
     patch: Sequence[int], overlap: float, device: torch.device, amp: str = "none", sw_batch_size: int = 2,
-    keep_first_prediction: bool = False, progress: bool = True, desc: str = "test",
+    keep_first_prediction: bool = False, progress: bool = True, desc: str = "test", compile: bool = False,
 ) -> EvaluationResult:
     """Per-case BraTS region metrics (Dice, HD95 at the case's spacing) of ``model`` over ``case_ids``.
 
-    Every rank returns the same, complete result (per-case rows sorted by case id).
+    Every rank returns the same, complete result (per-case rows sorted by case id). ``compile``
+    runs the windows through ``torch.compile`` (not for gated models, whose modality weights are
+    read by a forward hook).
     """
     idx = dl.modality_indices(modalities)
-    weight_map = cosine_weight_map(patch)
+    weight_map = cosine_weight_map(patch).to(device)  # once, not one host-to-device copy per case
     bare = unwrap_model(model)
+    net = torch.compile(bare) if compile and not hasattr(bare, "modality_weights") else bare
     case_ids = list(case_ids)
 
     def one_case(case_id: str) -> tuple[dict[str, Any], np.ndarray, dict[str, float], np.ndarray | None]:
         label = np.asarray(cache.label(case_id))
         pred, weights = _predict_with_weights(bare, cache.image(case_id)[idx], lambda image: predict_volume(
-            bare, image, dim, patch, overlap, device, amp, sw_batch_size, weight_map))
+            net, image, dim, patch, overlap, device, amp, sw_batch_size, weight_map))
         row = {"case_id": case_id, **brats_region_metrics(pred, label, spacing=cache.spacing(case_id))}
         keep = keep_first_prediction and case_id == case_ids[0]
         return row, confusion_matrix(pred, label, num_classes=NUM_CLASSES), weights, pred if keep else None
@@ -189,13 +192,16 @@ def evaluate_model(
 def validation_dice(model: nn.Module, cache: Any, case_ids: Sequence[str], modalities: Sequence[str], *,
                     dim: str, patch: Sequence[int], overlap: float, device: torch.device, amp: str = "none",
                     sw_batch_size: int = 2) -> dict[str, float]:
-    """Mean over validation cases of the per-case region Dice (whole volumes, sliding window)."""
+    """Mean over validation cases of the per-case region Dice (whole volumes, sliding window).
+
+    ``model`` runs as given (a compiled module stays compiled), never through a DDP wrapper.
+    """
     idx = dl.modality_indices(modalities)
-    weight_map = cosine_weight_map(patch)
-    bare = unwrap_model(model)
+    weight_map = cosine_weight_map(patch).to(device)  # once, not one host-to-device copy per case
+    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
     def one_case(case_id: str) -> list[float]:
-        pred = predict_volume(bare, cache.image(case_id)[idx], dim, patch, overlap, device, amp, sw_batch_size,
+        pred = predict_volume(net, cache.image(case_id)[idx], dim, patch, overlap, device, amp, sw_batch_size,
                               weight_map)
         label = torch.from_numpy(np.asarray(cache.label(case_id)).astype(np.int64))
         counts = region_dice_counts(torch.from_numpy(pred.astype(np.int64))[None], label[None], reduce_batch=False)
@@ -219,4 +225,5 @@ def evaluate_checkpoint(checkpoint: Mapping[str, Any], cfg: Any, cache: Any, cas
     return evaluate_model(model, cache, case_ids, model_spec(name).modalities, dim=cfg.dim,
                           patch=cfg.spatial_patch, overlap=cfg.overlap, device=device,
                           amp=cfg.resolved_amp(device), sw_batch_size=cfg.sw_batch_size,
-                          keep_first_prediction=keep_first_prediction, desc=desc or f"test {name}")
+                          keep_first_prediction=keep_first_prediction, desc=desc or f"test {name}",
+                          compile=getattr(cfg, "compile", False))
