@@ -32,7 +32,7 @@ from experiment.run_folder import EFFICIENCY_KEYS, LOG_FILE, RESULTS_CSV, RunFol
 from experiment.training import STOP, Interrupted, TrainResult, train_model
 from utils import distributed as du
 from utils.checkpoint import load_checkpoint
-from utils.experiment_utils import get_model, model_spec
+from utils.experiment_utils import get_model
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,7 @@ def add_log_file(path: Path) -> None:
 def preflight(cfg: ExperimentConfig) -> None:
     """Fail before any work on what the registry or the disk can already tell."""
     for name in cfg.model_names:
-        spec = model_spec(name)  # unknown names fail here
-        if cfg.dim not in spec.dims:
-            raise ValueError(f"model '{name}' supports --dim {' or '.join(spec.dims)}, not {cfg.dim}")
-        get_model(name, cfg.dim, cfg.spatial_patch)  # checks the patch size against the model
+        get_model(name, cfg.dim, cfg.spatial_patch)  # the registry checks the name, the dim and the patch size
         weights = Path(cfg.pretrained_dir) / f"{name}.pth"
         if cfg.use_pretrained and not weights.is_file():
             raise FileNotFoundError(f"--use_pretrained: no weights for '{name}' at {weights} "
@@ -284,7 +281,7 @@ def finish_run(state: RunState) -> RunSummary:
 
 # ----------------------------------------------------------------------------- the whole experiment
 def run_integrated_experiment(cfg: ExperimentConfig) -> RunSummary:
-    """Run every (seed, fold, model) unit of ``cfg`` and write the run folder. See DESIGN.md for its contract."""
+    """Run every (seed, fold, model) unit of ``cfg`` and write the run folder. Its files: experiment/run_folder.py, README "Outputs"."""
     torch.multiprocessing.set_sharing_strategy(cfg.sharing_strategy)
     ctx = du.init_distributed(cfg.device)
     STOP.install()

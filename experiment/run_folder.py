@@ -1,8 +1,8 @@
 """The run folder: every file name and column list, and :class:`RunFolder`, the one object that writes it.
 
 ``{results_dir}/integrated_experiment_results_YYYYMMDD_HHMMSS/`` holds the files named below. The
-required columns are fixed by DESIGN.md (scripts outside the project read them); more columns
-follow them. Every file is written atomically (``utils.io``), and a unit's rows are written last
+required columns are a public contract (scripts outside the project read them; README "Outputs");
+more columns follow them. Every file is written atomically (``utils.io``), and a unit's rows are written last
 to ``integrated_experiment_results.csv``, whose row marks the unit finished. Only rank 0 writes.
 
 ``visualization/`` and ``evaluate_experiment.py`` take their file names from here.

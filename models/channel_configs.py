@@ -17,7 +17,7 @@ def doubling(xs_widths: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
 UNET_CHANNELS = doubling((8, 16, 32, 64, 128))
 
 # Transformers (MONAI): the published settings. UNETR (Hatamizadeh et al. 2022): ViT-B/16 with
-# feature_size 16; SwinUNETR: feature_size 48 (the reference figures of DESIGN.md).
+# feature_size 16; SwinUNETR: feature_size 48.
 UNETR_CONFIG = {"feature_size": 16, "hidden_size": 768, "mlp_dim": 3072, "num_heads": 12}
 SWIN_UNETR_CONFIG = {"feature_size": 48, "depths": (2, 2, 2, 2), "num_heads": (3, 6, 12, 24)}
 
