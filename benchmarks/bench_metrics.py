@@ -1,9 +1,10 @@
-"""Benchmark: BraTS region Dice + HD95 of one 240x240x155 case, ours versus MONAI.
+"""Benchmark: BraTS region Dice + HD95 + NSD and per-class Dice of one 240x240x155 case, ours versus MONAI.
 
 Ours: ``metrics.brats_region_metrics(pred, target)`` on the two uint8 label maps (region masks
-built inside, as in evaluation). MONAI: ``compute_dice`` + ``compute_hausdorff_distance
-(percentile=95)`` on (1, 3, Z, Y, X) float region masks (WT, TC, ET) prepared beforehand, so the
-conversion is not charged to MONAI. Both run on the CPU, alternately, several repetitions; medians reported.
+built inside, as in evaluation). MONAI: ``compute_dice`` on (1, 5, Z, Y, X) float masks (WT, TC,
+ET, NCR, ED) + ``compute_hausdorff_distance(percentile=95)`` + ``compute_surface_dice
+(class_thresholds=[1.0])`` on the three region masks, all prepared beforehand, so the conversion is
+not charged to MONAI. Both run on the CPU, alternately, several repetitions; medians reported.
 The script asserts that both give the same values.
 
 Run: ``python benchmarks/bench_metrics.py [--repeats 5] [--seed 0]``. Last line:
@@ -22,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from metrics import REGIONS, brats_region_metrics, region_mask  # noqa: E402
+from metrics import CLASS_DICE, REGIONS, brats_region_metrics, region_mask  # noqa: E402
 
 SHAPE = (155, 240, 240)  # (Z, Y, X)
 
@@ -56,17 +57,22 @@ def synthetic_case(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def monai_inputs(label_map: np.ndarray) -> torch.Tensor:
-    """(1, 3, Z, Y, X) float region masks WT, TC, ET, as MONAI's metrics take them."""
-    return torch.from_numpy(np.stack([region_mask(label_map, r) for r in REGIONS]).astype(np.float32))[None]
+    """(1, 5, Z, Y, X) float masks WT, TC, ET, NCR, ED, as MONAI's metrics take them."""
+    masks = [region_mask(label_map, r) for r in REGIONS] + [label_map == c for c in CLASS_DICE.values()]
+    return torch.from_numpy(np.stack(masks).astype(np.float32))[None]
 
 
 def monai_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    n = len(REGIONS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dice = compute_dice(pred, target, include_background=True)[0]
-        hd = compute_hausdorff_distance(pred, target, include_background=True, percentile=95)[0]
+        hd = compute_hausdorff_distance(pred[:, :n], target[:, :n], include_background=True, percentile=95)[0]
+        nsd = compute_surface_dice(pred[:, :n], target[:, :n], class_thresholds=[1.0] * n, include_background=True)[0]
     out = {f"dice_{r}": float(dice[i]) for i, r in enumerate(REGIONS)}
     out.update({f"hd95_{r}": float(hd[i]) for i, r in enumerate(REGIONS)})
+    out.update({f"nsd_{r}": float(nsd[i]) for i, r in enumerate(REGIONS)})
+    out.update({f"dice_{name}": float(dice[n + i]) for i, name in enumerate(CLASS_DICE)})
     return out
 
 
@@ -92,7 +98,7 @@ def main() -> None:
     ours = brats_region_metrics(pred, target)
     reference = monai_metrics(pred_t, target_t)
     for key, value in ours.items():
-        rel = 1e-6 if key.startswith("dice") else 1e-4
+        rel = 1e-4 if key.startswith("hd95") else 1e-6
         assert abs(value - reference[key]) <= rel * max(abs(reference[key]), 1e-12), (key, value, reference[key])
     print("values (ours == MONAI): " + ", ".join(f"{k}={v:.4f}" for k, v in ours.items()))
 

@@ -1,10 +1,15 @@
-"""Segmentation metrics: BraTS region Dice/HD95, precision/recall, confusion matrix, training Dice counts."""
+"""Segmentation metrics: BraTS region Dice/HD95/NSD, per-class Dice, precision/recall, confusion matrix,
+training Dice counts."""
 
 from utils.labels import NUM_CLASSES, REGIONS
 
 from .dice_counts import dice_from_counts, region_dice_counts
 from .segmentation import (
+    CLASS_DICE,
+    CLASS_DICE_KEYS,
     HD95_EMPTY,
+    NSD_KEYS,
+    NSD_TOLERANCE_MM,
     REGION_METRIC_KEYS,
     add_dice_mean,
     bounding_box,
@@ -13,13 +18,18 @@ from .segmentation import (
     dice_coefficient,
     hd95,
     mean_metrics,
+    normalized_surface_dice,
     precision_recall,
     precision_recall_from_confusion,
     region_mask,
 )
 
 __all__ = [
+    "CLASS_DICE",
+    "CLASS_DICE_KEYS",
     "HD95_EMPTY",
+    "NSD_KEYS",
+    "NSD_TOLERANCE_MM",
     "NUM_CLASSES",
     "REGIONS",
     "REGION_METRIC_KEYS",
@@ -31,6 +41,7 @@ __all__ = [
     "dice_from_counts",
     "hd95",
     "mean_metrics",
+    "normalized_surface_dice",
     "precision_recall",
     "precision_recall_from_confusion",
     "region_dice_counts",

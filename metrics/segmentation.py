@@ -1,4 +1,5 @@
-"""Evaluation metrics on label maps: BraTS region Dice and HD95, precision/recall, confusion matrix.
+"""Evaluation metrics on label maps: BraTS region Dice, HD95 and NSD, per-class Dice, precision/recall,
+confusion matrix.
 
 All functions are pure and take numpy arrays or torch tensors (moved to the CPU), 2D or 3D.
 Model classes are 0 background, 1 NCR/NET, 2 ED, 3 ET; the BraTS regions are
@@ -18,6 +19,17 @@ than MONAI by cropping both label maps once to the bounding box of the whole tum
 of both WT masks, plus a 1-voxel margin) and each region again to its own union box, so the
 full volume is touched only by two comparisons; the exact nearest-surface distances come from a
 KD-tree (scipy.spatial) over the surface voxels, skipping voxels shared by both surfaces.
+
+The normalised surface Dice (NSD, Nikolov et al. 2021) at a tolerance ``tau`` in mm is defined
+exactly like MONAI's ``compute_surface_dice(y_pred, y, class_thresholds=[tau], spacing=spacing)``
+(default ``use_subvoxels=False``): the share of the surface voxels of both masks lying within
+``tau`` of the other mask's surface, ``(|{d_pred->gt <= tau}| + |{d_gt->pred <= tau}|) /
+(|S_pred| + |S_gt|)``. It reuses the surfaces and distances that HD95 computes, so it costs
+almost nothing more. Both masks empty -> 1 (MONAI: NaN; the BraTS convention of Dice is kept),
+exactly one empty -> 0 (as MONAI).
+
+Per-class Dice: ``dice_ncr`` (class 1, NCR/NET) and ``dice_ed`` (class 2, ED); the ET class is
+the ET region, whose Dice is ``dice_et``. Empty conventions as the region Dice.
 """
 
 from __future__ import annotations
@@ -32,8 +44,15 @@ from scipy.spatial import KDTree
 from utils.labels import NUM_CLASSES, REGIONS
 
 HD95_EMPTY = 373.13
-REGION_METRIC_KEYS: tuple[str, ...] = tuple(
-    f"{metric}_{region}" for metric in ("dice", "hd95") for region in REGIONS
+NSD_TOLERANCE_MM = 1.0  # default tolerance of the normalised surface Dice
+NSD_KEYS: tuple[str, ...] = tuple(f"nsd_{region}" for region in REGIONS)
+# Dice of the classes that are not a region of their own (class 3, ET, is the ET region: dice_et).
+CLASS_DICE: dict[str, int] = {"ncr": 1, "ed": 2}
+CLASS_DICE_KEYS: tuple[str, ...] = tuple(f"dice_{name}" for name in CLASS_DICE)
+# Every per-case key of brats_region_metrics(), in its order: the per-case CSV columns and, prefixed
+# with ``test_``, the test columns of the results.
+REGION_METRIC_KEYS: tuple[str, ...] = (
+    tuple(f"{metric}_{region}" for metric in ("dice", "hd95") for region in REGIONS) + NSD_KEYS + CLASS_DICE_KEYS
 )
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -178,19 +197,67 @@ def hd95(pred_mask: ArrayLike, target_mask: ArrayLike, spacing: Sequence[float] 
     return _hd95(pred_np, target_np, _spacing_for(spacing, pred_np.ndim))
 
 
-def _hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...]) -> float:
+def _surface_distances(
+    pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray] | bool:
+    """The two directed surface-distance arrays (pred -> target, target -> pred), computed on the
+    union box of both masks plus a 1-voxel margin; ``True`` when both masks are empty, ``False``
+    when exactly one is (no distances)."""
     box = bounding_box(pred | target, margin=1)
     if box is None:
-        return 0.0
+        return True
     pred, target = pred[box], target[box]
     if not pred.any() or not target.any():
-        return HD95_EMPTY
+        return False
     pred_surface, target_surface = _surface(pred), _surface(target)
-    directed = (
+    return (
         _directed_distances(pred_surface, target_surface, spacing),
         _directed_distances(target_surface, pred_surface, spacing),
     )
-    return float(max(np.percentile(d, 95) for d in directed))
+
+
+def _hd95_of(distances: tuple[np.ndarray, np.ndarray] | bool) -> float:
+    if distances is True:
+        return 0.0
+    if distances is False:
+        return HD95_EMPTY
+    return float(max(np.percentile(d, 95) for d in distances))
+
+
+def _nsd_of(distances: tuple[np.ndarray, np.ndarray] | bool, tolerance: float) -> float:
+    if isinstance(distances, bool):
+        return 1.0 if distances else 0.0
+    # A distance equal to the tolerance counts (d <= tau), also when rounding made it an ulp larger
+    # (e.g. 3 x 0.9 mm = 2.7000000000000002 at tau = 2.7).
+    limit = tolerance * (1.0 + 1e-9) + 1e-12
+    within = sum(int(np.count_nonzero(d <= limit)) for d in distances)
+    return within / sum(d.size for d in distances)
+
+
+def _hd95(pred: np.ndarray, target: np.ndarray, spacing: tuple[float, ...]) -> float:
+    return _hd95_of(_surface_distances(pred, target, spacing))
+
+
+def _check_tolerance(tolerance: float) -> float:
+    tolerance = float(tolerance)
+    if not (np.isfinite(tolerance) and tolerance >= 0):
+        raise ValueError(f"nsd_tolerance must be a finite number >= 0 (mm), got {tolerance}")
+    return tolerance
+
+
+def normalized_surface_dice(
+    pred_mask: ArrayLike, target_mask: ArrayLike, spacing: Sequence[float] | None = None,
+    tolerance: float = NSD_TOLERANCE_MM,
+) -> float:
+    """Normalised surface Dice of two binary masks at ``tolerance`` (physical units, e.g. mm).
+
+    Equals MONAI's ``compute_surface_dice(..., class_thresholds=[tolerance], spacing=spacing)``
+    on the same masks (module docstring), except that two empty masks give 1.0 (MONAI: NaN);
+    exactly one empty gives 0.0.
+    """
+    pred_np, target_np = _mask_pair(pred_mask, target_mask)
+    distances = _surface_distances(pred_np, target_np, _spacing_for(spacing, pred_np.ndim))
+    return _nsd_of(distances, _check_tolerance(tolerance))
 
 
 def region_mask(label_map: np.ndarray, region: str) -> np.ndarray:
@@ -201,9 +268,10 @@ def region_mask(label_map: np.ndarray, region: str) -> np.ndarray:
 
 
 def brats_region_metrics(
-    pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] = (1.0, 1.0, 1.0)
+    pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    nsd_tolerance: float = NSD_TOLERANCE_MM,
 ) -> dict[str, float]:
-    """Dice and HD95 of the BraTS regions WT, TC and ET for one case.
+    """Dice, HD95 and NSD of the BraTS regions WT, TC and ET, and per-class Dice, for one case.
 
     Args:
         pred: predicted label map, integer model classes 0..3, shape (Z, Y, X) or (Y, X);
@@ -211,17 +279,21 @@ def brats_region_metrics(
         target: ground-truth label map, same shape and classes.
         spacing: voxel size per axis in mm (Z, Y, X). For 2D input 2 values (Y, X), or 3 of
             which the last two are used.
+        nsd_tolerance: tolerance of the normalised surface Dice, in the units of ``spacing`` (mm).
 
     Returns:
-        ``{"dice_wt", "dice_tc", "dice_et", "hd95_wt", "hd95_tc", "hd95_et"}`` as Python floats,
-        with the BraTS empty-mask conventions (module docstring). The mean of the three Dice
-        values is not included: use :func:`add_dice_mean` or :func:`mean_metrics`.
+        The keys of :data:`REGION_METRIC_KEYS` as Python floats: ``dice_{wt,tc,et}``,
+        ``hd95_{wt,tc,et}``, ``nsd_{wt,tc,et}``, ``dice_ncr``, ``dice_ed``, with the BraTS
+        empty-mask conventions (module docstring). The mean of the three region Dice values is
+        not included: use :func:`add_dice_mean` or :func:`mean_metrics`.
 
     Raises:
-        ValueError: different shapes, not 2D/3D, non-integer dtype, labels outside 0..3, bad spacing.
+        ValueError: different shapes, not 2D/3D, non-integer dtype, labels outside 0..3, bad
+            spacing, negative or non-finite tolerance.
     """
     pred_np, target_np = _label_pair(pred, target, NUM_CLASSES)
     voxel_spacing = _spacing_for(spacing, pred_np.ndim)
+    tolerance = _check_tolerance(nsd_tolerance)
     # Every region lies inside the whole tumour: crop both maps once to the WT union, so the
     # per-region masks below are built on a small array instead of the full volume.
     box = bounding_box((pred_np > 0) | (target_np > 0), margin=1)
@@ -231,7 +303,11 @@ def brats_region_metrics(
     for region in REGIONS:
         pred_region, target_region = region_mask(pred_np, region), region_mask(target_np, region)
         metrics[f"dice_{region}"] = _dice(pred_region, target_region)
-        metrics[f"hd95_{region}"] = _hd95(pred_region, target_region, voxel_spacing)
+        distances = _surface_distances(pred_region, target_region, voxel_spacing)
+        metrics[f"hd95_{region}"] = _hd95_of(distances)
+        metrics[f"nsd_{region}"] = _nsd_of(distances, tolerance)
+    for name, label in CLASS_DICE.items():
+        metrics[f"dice_{name}"] = _dice(pred_np == label, target_np == label)
     return {key: metrics[key] for key in REGION_METRIC_KEYS}
 
 

@@ -1,4 +1,4 @@
-"""Known-answer tests of metrics/, and agreement with MONAI's Dice and HD95."""
+"""Known-answer tests of metrics/, and agreement with MONAI's Dice, HD95 and surface Dice (NSD)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
 from scipy import ndimage
 
 from metrics import (
+    CLASS_DICE_KEYS,
     HD95_EMPTY,
+    NSD_KEYS,
     REGION_METRIC_KEYS,
     add_dice_mean,
     bounding_box,
@@ -21,6 +23,7 @@ from metrics import (
     dice_from_counts,
     hd95,
     mean_metrics,
+    normalized_surface_dice,
     precision_recall,
     region_dice_counts,
     region_mask,
@@ -52,6 +55,19 @@ def monai_hd95(pred: np.ndarray, target: np.ndarray, spacing=None) -> float:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         value = compute_hausdorff_distance(one_hot(pred), one_hot(target), percentile=95, spacing=spacing)
+    return float(value[0, 0])
+
+
+def monai_nsd(pred: np.ndarray, target: np.ndarray, spacing, tolerance: float) -> float:
+    """MONAI's normalised surface Dice of two binary masks at ``tolerance`` (background excluded)."""
+
+    def one_hot(mask: np.ndarray) -> torch.Tensor:
+        m = torch.from_numpy(mask.astype(np.float32))
+        return torch.stack([1 - m, m])[None]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = compute_surface_dice(one_hot(pred), one_hot(target), class_thresholds=[tolerance], spacing=spacing)
     return float(value[0, 0])
 
 
@@ -155,6 +171,65 @@ def test_empty_mask_conventions():
     assert dice_coefficient(empty, full) == 0.0 and hd95(empty, full) == HD95_EMPTY
 
 
+# ---------------------------------------------------------------------------------- NSD
+
+
+def test_nsd_identical_and_empty_masks():
+    mask = sphere((20, 20, 20), (10, 10, 10), 5)
+    empty = np.zeros_like(mask)
+    assert normalized_surface_dice(mask, mask) == 1.0
+    assert normalized_surface_dice(mask, mask, (3.0, 1.0, 1.0), tolerance=0.0) == 1.0
+    assert normalized_surface_dice(empty, empty) == 1.0  # MONAI: NaN; the BraTS Dice convention is kept
+    assert normalized_surface_dice(mask, empty) == 0.0 and normalized_surface_dice(empty, mask) == 0.0
+    with pytest.raises(ValueError, match="nsd_tolerance"):
+        normalized_surface_dice(mask, mask, tolerance=-1.0)
+
+
+def test_nsd_parallel_planes_known_answer():
+    # One-voxel planes 3 voxels apart along z: every surface voxel is exactly 3 voxels from the other.
+    a = np.zeros((10, 8, 8), dtype=bool)
+    b = np.zeros_like(a)
+    a[2] = True
+    b[5] = True
+    assert normalized_surface_dice(a, b, tolerance=2.9) == 0.0
+    assert normalized_surface_dice(a, b, tolerance=3.0) == 1.0  # d <= tolerance counts
+    assert normalized_surface_dice(a, b, (0.5, 1.0, 1.0), tolerance=1.5) == 1.0  # 3 x 0.5 mm
+    assert normalized_surface_dice(a, b, (0.5, 1.0, 1.0), tolerance=1.4) == 0.0
+    assert normalized_surface_dice(a, b, (0.9, 1.0, 1.0), tolerance=2.7) == 1.0  # 3 x 0.9 = 2.7000000000000002
+
+
+def test_nsd_cube_grown_by_one_layer_known_answer():
+    # Cube A (n^3) and B = A grown by one layer along z. |S_A| = n^3 - (n-2)^3 = 488, |S_B| = 524 (n = 10).
+    # Shared surface voxels: S_A minus A's (n-2)^2 top-face voxels that are inside B = 424, counted on
+    # both surfaces; every other surface voxel is one voxel (spacing[0] mm) from the other surface along
+    # z (and, for A's top face, a whole in-plane voxel from B's sides: kept above the tolerance below).
+    n = 10
+    a = np.zeros((n + 4, n + 2, n + 2), dtype=bool)
+    b = np.zeros_like(a)
+    a[1:1 + n, 1:1 + n, 1:1 + n] = True
+    b[1:2 + n, 1:1 + n, 1:1 + n] = True
+    shared = 2 * (n**3 - (n - 2) ** 3 - (n - 2) ** 2)
+    total = (n**3 - (n - 2) ** 3) + (n**2 * (n + 1) - (n - 2) ** 2 * (n - 1))
+    assert normalized_surface_dice(a, b, tolerance=0.5) == pytest.approx(shared / total)
+    assert normalized_surface_dice(a, b, tolerance=1.0) == 1.0
+    assert normalized_surface_dice(a, b, (2.0, 3.0, 3.0), tolerance=1.0) == pytest.approx(shared / total)
+    assert normalized_surface_dice(a, b, (2.0, 3.0, 3.0), tolerance=2.0) == 1.0
+    assert monai_nsd(a, b, (2.0, 3.0, 3.0), 1.0) == pytest.approx(shared / total, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "shape, spacing",
+    [((20, 24, 22), (1.0, 1.0, 1.0)), ((20, 24, 22), (2.0, 0.9, 0.9)), ((18, 22, 26), (2.5, 0.8, 1.2)),
+     ((40, 36), (0.7, 1.9))],
+)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nsd_random_shapes_match_monai(shape, spacing, seed):
+    pred, target = random_blob(shape, seed), random_blob(shape, seed + 100)
+    for tolerance in (0.0, 1.0, 1.8, 2.7, 4.0):
+        ours = normalized_surface_dice(pred, target, spacing, tolerance)
+        assert ours == pytest.approx(monai_nsd(pred, target, spacing, tolerance), rel=1e-6, abs=1e-7), tolerance
+
+
 def test_bounding_box():
     mask = np.zeros((10, 10), dtype=bool)
     mask[3:5, 7] = True
@@ -174,8 +249,11 @@ def test_region_metrics_keys_and_types():
     target[5:7, 5:7, 5:7] = 3
     metrics = brats_region_metrics(target, target)
     assert tuple(metrics) == REGION_METRIC_KEYS
+    assert REGION_METRIC_KEYS[:6] == ("dice_wt", "dice_tc", "dice_et", "hd95_wt", "hd95_tc", "hd95_et")
+    assert set(NSD_KEYS) == {"nsd_wt", "nsd_tc", "nsd_et"} and set(CLASS_DICE_KEYS) == {"dice_ncr", "dice_ed"}
     assert all(type(v) is float for v in metrics.values())
-    assert metrics == {"dice_wt": 1.0, "dice_tc": 1.0, "dice_et": 1.0, "hd95_wt": 0.0, "hd95_tc": 0.0, "hd95_et": 0.0}
+    assert metrics == {"dice_wt": 1.0, "dice_tc": 1.0, "dice_et": 1.0, "hd95_wt": 0.0, "hd95_tc": 0.0, "hd95_et": 0.0,
+                       "nsd_wt": 1.0, "nsd_tc": 1.0, "nsd_et": 1.0, "dice_ncr": 1.0, "dice_ed": 1.0}
 
 
 @pytest.mark.parametrize("region, present_class", [("wt", 2), ("tc", 1), ("et", 3)])
@@ -194,6 +272,7 @@ def test_empty_combinations_per_region(region, present_class):
         metrics = brats_region_metrics(pred, target)
         assert metrics[f"dice_{region}"] == dice
         assert metrics[f"hd95_{region}"] == dist
+        assert metrics[f"nsd_{region}"] == dice  # NSD: both empty 1, one empty 0, identical 1
 
 
 def test_region_composition():
@@ -227,6 +306,35 @@ def test_region_metrics_match_monai(spacing):
         assert p.any() and t.any()
         assert ours[f"dice_{region}"] == pytest.approx(monai_dice(p, t), rel=1e-6)
         assert ours[f"hd95_{region}"] == pytest.approx(monai_hd95(p, t, spacing=spacing), rel=1e-4)
+
+
+@pytest.mark.parametrize("spacing, tolerance", [((1.0, 1.0, 1.0), 1.0), ((2.0, 0.9, 0.9), 1.0),
+                                                ((2.0, 0.9, 0.9), 2.7)])
+def test_region_nsd_and_class_dice_match_monai(spacing, tolerance):
+    pred, target = random_label_map((20, 24, 22), 0), random_label_map((20, 24, 22), 10)
+    ours = brats_region_metrics(pred, target, spacing, nsd_tolerance=tolerance)
+    for region, classes in [("wt", (1, 2, 3)), ("tc", (1, 3)), ("et", (3,))]:
+        p, t = np.isin(pred, classes), np.isin(target, classes)
+        assert ours[f"nsd_{region}"] == pytest.approx(monai_nsd(p, t, spacing, tolerance), rel=1e-6)
+        assert ours[f"nsd_{region}"] == normalized_surface_dice(p, t, spacing, tolerance)
+    for key, label in [("dice_ncr", 1), ("dice_ed", 2)]:
+        assert (pred == label).any() and (target == label).any()
+        assert ours[key] == pytest.approx(monai_dice(pred == label, target == label), rel=1e-6)
+    assert ours["dice_et"] == pytest.approx(monai_dice(pred == 3, target == 3), rel=1e-6)  # the ET class
+
+
+def test_per_class_dice_known_answers():
+    target = np.zeros((8, 8, 8), dtype=np.uint8)
+    target[2:4, 2:6, 2:6] = 1  # 32 NCR voxels
+    target[4:6, 2:6, 2:6] = 2  # 32 ED voxels
+    pred = target.copy()
+    pred[2:3, 2:6, 2:6] = 2  # half of the NCR predicted as ED
+    metrics = brats_region_metrics(pred, target)
+    assert metrics["dice_ncr"] == pytest.approx(2 * 16 / (16 + 32))
+    assert metrics["dice_ed"] == pytest.approx(2 * 32 / (48 + 32))
+    assert metrics["dice_wt"] == 1.0 and metrics["dice_et"] == 1.0  # no ET anywhere: both empty
+    no_ncr = brats_region_metrics(np.where(target == 1, 2, target).astype(np.uint8), target)
+    assert no_ncr["dice_ncr"] == 0.0 and no_ncr["nsd_tc"] == 0.0  # one empty
 
 
 def test_2d_input_matches_monai_and_uses_last_two_spacings():

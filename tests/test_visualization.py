@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from visualization import (
+    MergeError,
+    compute_gradcam,
     make_all_plots,
+    merge_runs,
     modality_weight_summary,
+    plot_gradcam,
     plot_learning_curves,
     plot_modality_contributions,
     plot_model_comparison,
@@ -22,7 +28,9 @@ from visualization import (
     summarize_runs,
     tumour_slices,
     write_interactive_3d_analysis,
+    write_unit_gradcam,
 )
+from visualization.__main__ import main as visualization_main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODELS = ("unet3d_xs", "dualbranch_01_unet_xs")
@@ -94,9 +102,9 @@ def stage_table(pam: bool = True) -> pd.DataFrame:
     )  # fmt: skip
 
 
-def per_case_table(models=MODELS, seeds=(24,)) -> pd.DataFrame:
+def per_case_table(models=MODELS, seeds=(24,), nsd: bool = False) -> pd.DataFrame:
     rng = np.random.default_rng(1)
-    return pd.DataFrame(
+    table = pd.DataFrame(
         [
             dict(model=model, seed=seed, fold=0, case_id=f"BraTS2021_{c:05d}",
                  dice_wt=rng.uniform(0.5, 1), dice_tc=rng.uniform(0.3, 1), dice_et=rng.uniform(0, 1),
@@ -106,6 +114,10 @@ def per_case_table(models=MODELS, seeds=(24,)) -> pd.DataFrame:
             for c in range(6)
         ]
     )  # fmt: skip
+    if nsd:
+        table = table.assign(nsd_wt=rng.uniform(0.4, 1, len(table)), nsd_tc=rng.uniform(0.3, 1, len(table)),
+                             nsd_et=rng.uniform(0.2, 1, len(table)))
+    return table
 
 
 def assert_png(path: Path, min_kb: float = 10.0) -> None:
@@ -189,6 +201,26 @@ def test_stage_wise_pam_without_gpu_and_bad_per_case(tmp_path):
     with pytest.raises(ValueError, match="lacks column"):
         plot_per_case_dice(per_case_table().drop(columns="dice_et"), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_per_case_chart_with_nsd_panel(tmp_path):
+    dice_only = plot_per_case_dice(per_case_table(), tmp_path / "dice.png")
+    both = plot_per_case_dice(per_case_table(nsd=True), tmp_path / "both.png")
+    assert_png(dice_only) and assert_png(both)
+    assert both.stat().st_size > dice_only.stat().st_size  # a second (NSD) panel
+
+
+def test_efficiency_and_comparison_charts_with_ci_and_pareto(tmp_path):
+    summary = summarize_runs(results_table(models=("a", "b", "c"))).reset_index(names="model")
+    dice = summary["test_dice_mean_mean"]
+    for region in ("wt", "tc", "et", "mean"):
+        summary[f"test_dice_{region}_ci_low"] = summary[f"test_dice_{region}_mean"] - 0.03
+        summary[f"test_dice_{region}_ci_high"] = summary[f"test_dice_{region}_mean"] + 0.02
+    assert dice.is_monotonic_increasing  # more parameters, more Dice: every model on the front
+    assert_png(plot_parameter_efficiency(summary, tmp_path / "parameter_efficiency.png"))
+    assert_png(plot_model_comparison(summary, tmp_path / "model_comparison_chart.png"))
+    worse = summary.assign(test_dice_mean_mean=dice[::-1].to_numpy())  # only the smallest on the front
+    assert_png(plot_parameter_efficiency(worse, tmp_path / "front_of_one.png"))
 
 
 def test_bad_tables_raise_clear_errors(tmp_path):
@@ -288,6 +320,113 @@ def test_make_all_plots_malformed_table_warns_or_raises(tmp_path, caplog):
     assert "per_case_dice.png" in caplog.text and "dice_et" in caplog.text
     with pytest.raises(ValueError, match="lacks column"):
         make_all_plots(tmp_path, strict=True)
+
+
+# ------------------------------------------------------------------ merged runs
+
+
+def write_split_run(run_dir: Path, models, seeds=(24, 42), test_cases=range(6)) -> Path:
+    """A fake run folder: results, per-case and epoch rows of ``models``, and its splits.json."""
+    run_dir.mkdir(parents=True)
+    results_table(models=models, seeds=seeds).to_csv(run_dir / "integrated_experiment_results.csv", index=False)
+    per_case_table(models=models, seeds=seeds, nsd=True).to_csv(run_dir / "per_case_results.csv", index=False)
+    epochs_table(models=models, seeds=seeds).to_csv(run_dir / "all_epochs_results.csv", index=False)
+    stage_table().query("model in @models").to_csv(run_dir / "stage_wise_pam_results.csv", index=False)
+    test = [f"BraTS2021_{c:05d}" for c in test_cases]
+    splits = {str(s): {"seed": s, "scheme": "holdout", "folds": [{"fold": 0, "train": ["x"], "val": ["y"],
+                                                                  "test": test}]} for s in seeds}
+    (run_dir / "splits.json").write_text(json.dumps(splits))
+    (run_dir / "config.json").write_text("{}")
+    return run_dir
+
+
+def test_merge_runs_writes_comparison_statistics_ranking_and_charts(tmp_path, capsys):
+    first = write_split_run(tmp_path / "run_a", MODELS[:1])
+    second = write_split_run(tmp_path / "run_b", MODELS[1:])
+    out = tmp_path / "merged"
+    assert visualization_main([str(first), str(second), "--output", str(out)]) == 0
+    assert "merged 2 run folders" in capsys.readouterr().out
+    results = pd.read_csv(out / "integrated_experiment_results.csv")
+    assert sorted(results["model"].unique()) == sorted(MODELS) and len(results) == 4
+    assert set(results["source_run"]) == {str(first), str(second)}
+    assert len(pd.read_csv(out / "per_case_results.csv")) == 2 * len(per_case_table(MODELS[:1], (24, 42)))
+    comparison = pd.read_csv(out / "model_comparison.csv")
+    assert list(comparison["model"]) == list(MODELS)
+    assert {"test_dice_mean_ci_low", "test_dice_mean_ci_high", "pareto_params", "pareto_flops"} <= set(comparison)
+    tests = pd.read_csv(out / "statistical_tests.csv")
+    assert {"dice_mean", "nsd_wt"} <= set(tests["metric"]) and (tests["n_cases"] == 6).all()
+    assert len(pd.read_csv(out / "ranking.csv")) == 2
+    assert json.loads((out / "merged_runs.json").read_text())["runs"] == [str(first), str(second)]
+    for chart in ("model_comparison_chart.png", "parameter_efficiency.png", "per_case_dice.png",
+                  "learning_curves.png", "stage_wise_pam.png"):
+        assert_png(out / chart)
+    stage = pd.read_csv(out / "stage_wise_pam_results.csv")
+    assert len(stage) == len(stage_table()), "each model's stage rows once"
+
+
+def test_merge_runs_refuses_duplicates_and_different_splits(tmp_path, capsys):
+    first = write_split_run(tmp_path / "run_a", MODELS)
+    again = write_split_run(tmp_path / "run_b", MODELS[1:], seeds=(42, 7))
+    with pytest.raises(MergeError, match=f"model {MODELS[1]} seed 42 fold 0 is in both"):
+        merge_runs([first, again], tmp_path / "out")
+    assert visualization_main([str(first), str(again), "--output", str(tmp_path / "out")]) == 2
+    assert "is in both" in capsys.readouterr().err
+    other_split = write_split_run(tmp_path / "run_c", ("unet3d_s",), seeds=(24,), test_cases=range(1, 7))
+    with pytest.raises(MergeError, match="seed 24: the test split differs"):
+        merge_runs([first, other_split], tmp_path / "out")
+    with pytest.raises(MergeError, match="one of the run folders"):
+        merge_runs([first], first)
+    assert not (tmp_path / "out").exists(), "nothing is written before the checks pass"
+    with pytest.raises(MergeError, match="is not a directory"):
+        merge_runs([first, tmp_path / "missing"], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MergeError, match="no finished units"):
+        merge_runs([first, tmp_path / "empty"], tmp_path / "out")
+
+
+# ------------------------------------------------------------------ Grad-CAM
+
+
+def test_gradcam_of_a_tiny_model_writes_a_png(tmp_path):
+    import torch
+
+    from utils.experiment_utils import get_model
+
+    torch.manual_seed(0)
+    model = get_model("unet3d_xs", "3d", (32, 32, 32))
+    image, label = phantom_case((24, 40, 36))
+    result = compute_gradcam(model, image[:2], label, dim="3d", patch=(32, 32, 32))
+    assert result["layer"] == "decoder1" and result["region"] == "et"
+    assert result["cam"].shape == (32, 32, 32) and 0.0 <= result["cam"].min() and result["cam"].max() <= 1.0
+    assert (result["label"] > 0).sum() == (label > 0).sum(), "the crop holds the whole tumour"
+    assert_png(plot_gradcam(result, tmp_path / "cam.png", title="unet3d_xs"), min_kb=5)
+    assert not any(model.decoder1._forward_hooks.values()), "the caller's model keeps no hook"
+    # the run's entry point: a checkpoint's weights, the case from the cache
+    cache = SimpleNamespace(image=lambda case: np.concatenate([image, image]), label=lambda case: label)
+    cfg = SimpleNamespace(dim="3d", spatial_patch=(32, 32, 32))
+    path = write_unit_gradcam("unet3d_xs", model.state_dict(), cfg, cache, "case0", tmp_path / "gradcam_u.png")
+    assert_png(path, min_kb=5)
+
+
+def test_gradcam_failure_in_the_loop_only_warns(tmp_path, caplog):
+    from experiment import loop
+
+    def broken(case_id):
+        raise OSError("injected")
+
+    state = SimpleNamespace(cfg=SimpleNamespace(dim="3d", spatial_patch=(32, 32, 32)),
+                            cache=SimpleNamespace(image=broken, label=broken), ctx=SimpleNamespace(device="cpu"),
+                            run=SimpleNamespace(unit=lambda key: "unet3d_xs_seed_24", __truediv__=None))
+    state.run = type("Run", (), {"unit": lambda self, key: "unet3d_xs_seed_24",
+                                 "__truediv__": lambda self, name: tmp_path / name})()
+    key = SimpleNamespace(model="unet3d_xs", seed=24, fold=0)
+    from utils.experiment_utils import get_model
+
+    result = SimpleNamespace(best_state=get_model("unet3d_xs", "3d", (32, 32, 32)).state_dict())
+    with caplog.at_level("WARNING", logger="experiment.loop"):
+        loop._write_gradcam(state, key, result, "case0")
+    assert "Grad-CAM of unet3d_xs_seed_24 failed" in caplog.text and "injected" in caplog.text
+    assert not list(tmp_path.glob("gradcam_*.png"))
 
 
 # ------------------------------------------------------------------ segmentation slices

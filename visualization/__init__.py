@@ -1,5 +1,7 @@
-"""Charts of a run folder's CSVs and slice figures of segmentations (never trains)."""
+"""Charts of a run folder's CSVs, slice figures of segmentations, Grad-CAM overlays, merged runs (never trains)."""
 
+from visualization.gradcam import compute_gradcam, find_target_layer, plot_gradcam, write_unit_gradcam
+from visualization.merge import MergeError, merge_runs
 from visualization.visualization_3d import plot_segmentation_slices, tumour_slices
 from visualization.visualization_dataframe import (
     make_all_plots,
@@ -15,8 +17,13 @@ from visualization.visualization_dataframe import (
 )
 
 __all__ = [
+    "MergeError",
+    "compute_gradcam",
+    "find_target_layer",
     "make_all_plots",
+    "merge_runs",
     "modality_weight_summary",
+    "plot_gradcam",
     "plot_learning_curves",
     "plot_model_comparison",
     "plot_parameter_efficiency",
@@ -27,4 +34,5 @@ __all__ = [
     "summarize_runs",
     "tumour_slices",
     "write_interactive_3d_analysis",
+    "write_unit_gradcam",
 ]

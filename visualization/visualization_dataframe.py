@@ -43,6 +43,7 @@ from experiment.run_folder import (
     STAGE_PAM_CSV,
     comparison_table,
 )
+from experiment.statistics import pareto_front
 from utils.io import atomic_output
 from utils.labels import MODALITIES, REGION_NAMES
 
@@ -60,6 +61,8 @@ HD95_COLUMNS: dict[str, str] = {f"test_hd95_{r}": name for r, name in REGION_NAM
 PAM_COLUMNS: dict[str, str] = {"pam_train_mb": "Train", "pam_inference_mb": "Inference"}
 LATENCY_COLUMNS: dict[str, str] = {"latency_ms": "Latency"}
 PER_CASE_DICE_COLUMNS: dict[str, str] = {f"dice_{r}": name for r, name in REGION_NAMES.items()}
+PER_CASE_NSD_COLUMNS: dict[str, str] = {f"nsd_{r}": name for r, name in REGION_NAMES.items()}
+CI_SUFFIXES = ("_ci_low", "_ci_high")  # model_comparison.csv: bootstrap 95% CI of a mean over cases
 NOT_MEASURED = "not measured (no GPU)"
 
 
@@ -129,21 +132,27 @@ def _has_values(df: pd.DataFrame, columns: Sequence[str]) -> bool:
 def _grouped_bars(
     ax: Axes,
     means: pd.DataFrame,
-    errors: pd.DataFrame | None,
+    errors: pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame] | None,
     colors: dict[str, object] | None = None,
     ylabel: str = "",
     title: str = "",
 ) -> None:
     """Bars with one group per row of ``means`` (x axis) and one bar per column (series).
 
-    ``errors`` has the same shape; NaN errors (a single run) draw no error bar.
+    ``errors`` has the same shape (symmetric), or is a pair (below, above) of such frames
+    (asymmetric, e.g. a confidence interval); NaN errors (a single run) draw no error bar.
     """
     n_series = max(means.shape[1], 1)
     width = 0.8 / n_series
     x = np.arange(len(means.index))
+    pair = isinstance(errors, tuple)
     for i, series in enumerate(means.columns):
         err = None
-        if errors is not None and series in errors.columns:
+        if pair:
+            below, above = (e[series].to_numpy(dtype=float) for e in errors)
+            if np.isfinite(below).any() or np.isfinite(above).any():
+                err = np.nan_to_num(np.clip(np.vstack([below, above]), 0.0, None), nan=0.0)
+        elif errors is not None and series in errors.columns:
             err = errors[series].to_numpy(dtype=float)
             err = None if not np.isfinite(err).any() else np.nan_to_num(err, nan=0.0)
         ax.bar(
@@ -163,7 +172,8 @@ def _grouped_bars(
     ax.grid(axis="x", visible=False)
     values = means.to_numpy(dtype=float)
     if errors is not None:
-        values = values + np.nan_to_num(errors.reindex_like(means).to_numpy(dtype=float), nan=0.0)
+        above = errors[1] if pair else errors
+        values = values + np.nan_to_num(above.reindex_like(means).to_numpy(dtype=float), nan=0.0)
     top = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
     if top > 0:
         ax.set_ylim(0.0, top * (1.2 if n_series > 1 else 1.08))  # head room for the legend
@@ -226,6 +236,19 @@ def _stat_table(summary: pd.DataFrame, columns: dict[str, str], stat: str) -> pd
     table = summary[[f"{c}_{stat}" for c in columns]].astype(float)
     table.columns = list(columns.values())
     return table
+
+
+def _ci_errors(summary: pd.DataFrame, columns: dict[str, str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(mean - CI low, CI high - mean) per model and series, from the bootstrap CI columns of
+    ``model_comparison.csv`` (``{column}_ci_low``/``_ci_high``); None when a column has none."""
+    names = [f"{c}{suffix}" for c in columns for suffix in CI_SUFFIXES]
+    if not all(n in summary.columns for n in names) or not _has_values(summary, names):
+        return None
+    means = _stat_table(summary, columns, "mean")
+    low, high = (summary[[f"{c}{suffix}" for c in columns]].apply(pd.to_numeric, errors="coerce")
+                 for suffix in CI_SUFFIXES)
+    low.columns = high.columns = list(columns.values())
+    return means - low, high - means
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,6 +319,9 @@ def plot_model_comparison(results_df: pd.DataFrame, path: PathLike) -> Path:
         (PAM_COLUMNS, "Peak activation memory (MB)", "PAM (GPU)", NOT_MEASURED),
         (LATENCY_COLUMNS, "Latency (ms, batch 1)", "Inference latency", "not measured"),
     ]
+    dice_ci = _ci_errors(summary, DICE_COLUMNS)
+    if dice_ci is not None:
+        panels[0] = (DICE_COLUMNS, "Dice", "Test Dice (mean, 95% bootstrap CI over cases)", "no values")
     with drawing(path, 2, 2, figsize=(width, 10.0)) as (fig, axes):
         for ax, (columns, ylabel, title, missing) in zip(axes.ravel(), panels):
             means = _stat_table(summary, columns, "mean")
@@ -303,7 +329,8 @@ def plot_model_comparison(results_df: pd.DataFrame, path: PathLike) -> Path:
                 _not_measured(ax, title, missing)
                 continue
             colors = region_colors if columns is not PAM_COLUMNS else None
-            _grouped_bars(ax, means, _stat_table(summary, columns, "std"), colors, ylabel, title)
+            errors = dice_ci if columns is DICE_COLUMNS and dice_ci is not None else _stat_table(summary, columns, "std")
+            _grouped_bars(ax, means, errors, colors, ylabel, title)
         n_runs = summary["n_runs"].to_numpy(dtype=float)
         low, high = (int(np.nanmin(n_runs)), int(np.nanmax(n_runs))) if np.isfinite(n_runs).any() else (0, 0)
         runs = "?" if high == 0 else str(low) if low == high else f"{low}-{high}"
@@ -329,7 +356,13 @@ def _minor_log_label(value: float, _pos: int | None = None) -> str:
 
 
 def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
-    """Mean test Dice vs parameters (log x), marker area ~ FLOPs, one label per model (``parameter_efficiency.png``)."""
+    """Mean test Dice vs parameters (log x), marker area ~ FLOPs, one label per model (``parameter_efficiency.png``).
+
+    The Pareto front over parameters (no other model has a higher mean Dice with as many or fewer
+    parameters; ``experiment.statistics.pareto_front``) is drawn as a staircase and its models are
+    labelled in bold. Error bars: the bootstrap 95% CI over cases where the table has it
+    (``model_comparison.csv``), else ± std over seeds/folds.
+    """
     summary = _summary_for(results_df, ["params", "test_dice_mean"], ["flops"], "results table")
     params = summary["params_mean"].to_numpy(dtype=float)
     bad = [m for m, p in zip(summary.index, params) if not (np.isfinite(p) and p > 0)]
@@ -338,22 +371,37 @@ def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
     flops = summary["flops_mean"].to_numpy(dtype=float)
     areas = _marker_areas(flops)
     dice = summary["test_dice_mean_mean"].to_numpy(dtype=float)
-    dice_std = summary["test_dice_mean_std"].to_numpy(dtype=float)
+    ci = _ci_errors(summary, {"test_dice_mean": "Mean"})
+    if ci is not None:
+        errors = np.clip(np.vstack([ci[0]["Mean"].to_numpy(dtype=float), ci[1]["Mean"].to_numpy(dtype=float)]), 0, None)
+        spread = "mean, 95% bootstrap CI over cases"
+    else:
+        std = summary["test_dice_mean_std"].to_numpy(dtype=float)
+        errors, spread = np.vstack([std, std]), "mean ± std over seeds/folds"
+    on_front = np.array([bool(f) for f in pareto_front(dice, params)])
     palette = model_palette(list(summary.index))
     with drawing(path, figsize=(10.0, 6.5)) as (fig, axes):
         ax = axes[0, 0]
+        front_line = None
+        if on_front.any():
+            front = np.flatnonzero(on_front)
+            front = front[np.lexsort((dice[front], params[front]))]
+            (front_line,) = ax.step(params[front], dice[front], where="post", color="0.35", linestyle="--", linewidth=1.2,
+                    zorder=1, label="Pareto front (parameters)")
         for i, model in enumerate(summary.index):
             color = palette[model]
-            if np.isfinite(dice_std[i]):
-                ax.errorbar(params[i], dice[i], yerr=dice_std[i], color=color, capsize=3, zorder=2)
-            ax.scatter(params[i], dice[i], s=areas[i], color=color, alpha=0.75, edgecolor="k", zorder=3)
+            if np.isfinite(errors[:, i]).all():
+                ax.errorbar(params[i], dice[i], yerr=errors[:, i:i + 1], color=color, capsize=3, zorder=2)
+            ax.scatter(params[i], dice[i], s=areas[i], color=color, alpha=0.75, edgecolor="k", zorder=3,
+                       linewidth=2.0 if on_front[i] else 1.0)
             offset = 0.5 * math.sqrt(areas[i]) + 2.0  # marker radius in points, plus a gap
             ax.annotate(
-                model,
+                f"{model} (Pareto)" if on_front[i] else model,
                 (params[i], dice[i]),
                 xytext=(offset, offset),
                 textcoords="offset points",
                 fontsize="small",
+                fontweight="bold" if on_front[i] else "normal",
             )
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(EngFormatter())
@@ -366,9 +414,13 @@ def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
             known = np.flatnonzero(finite)
             shown = sorted({int(known[np.argmin(flops[known])]), int(known[np.argmax(flops[known])])})
             handles = [ax.scatter([], [], s=areas[i], color="0.6", edgecolor="k") for i in shown]
+            labels = [f"{flops[i] / 1e9:.3g} GFLOPs" for i in shown]
+            if front_line is not None:
+                handles.append(front_line)
+                labels.append("Pareto front (parameters)")
             ax.legend(
                 handles,
-                [f"{flops[i] / 1e9:.3g} GFLOPs" for i in shown],
+                labels,
                 title="marker area ~ FLOPs",
                 loc="best",
                 labelspacing=1.8,
@@ -377,7 +429,9 @@ def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
             )
         else:
             ax.set_title("FLOPs not measured (uniform markers)", fontsize="small")
-        fig.suptitle("Parameter efficiency (mean ± std over seeds/folds)")
+            if front_line is not None:
+                ax.legend(loc="best", fontsize="small")
+        fig.suptitle(f"Parameter efficiency ({spread})")
     return Path(path)
 
 
@@ -534,36 +588,38 @@ def plot_stage_wise_pam(df: pd.DataFrame, path: PathLike) -> Path:
 
 
 def plot_per_case_dice(df: pd.DataFrame, path: PathLike) -> Path:
-    """Distribution of per-case test Dice (WT/TC/ET) per model, all seeds/folds pooled (``per_case_dice.png``)."""
+    """Distribution of the per-case test metrics per model and region, all seeds/folds pooled
+    (``per_case_dice.png``): a box (quartiles, whiskers at 1.5 IQR) with every case drawn over it as
+    a point, for the Dice of WT/TC/ET and, where the table has them, the NSD of WT/TC/ET (a second panel)."""
     _require_columns(df, ["model", *PER_CASE_DICE_COLUMNS], "per-case results table")
     data = df.assign(model=df["model"].astype(str))
     models = _models_in_order(data)
-    long = data.melt(
-        id_vars="model", value_vars=list(PER_CASE_DICE_COLUMNS), var_name="region", value_name="dice"
-    ).dropna(subset=["dice"])
-    long["region"] = long["region"].map(PER_CASE_DICE_COLUMNS)
-    with drawing(path, figsize=(min(max(9.0, 1.0 * len(models) + 5.0), 40.0), 5.0)) as (fig, axes):
-        ax = axes[0, 0]
-        with warnings.catch_warnings():
-            # seaborn 0.13 passes the deprecated ``vert`` argument to matplotlib >= 3.11
-            warnings.filterwarnings("ignore", message=".*vert: bool", category=DeprecationWarning)
-            sns.boxplot(
-                data=long,
-                x="model",
-                y="dice",
-                hue="region",
-                order=models,
-                hue_order=list(PER_CASE_DICE_COLUMNS.values()),
-                palette="Set2",
-                fliersize=2,
-                ax=ax,
+    panels = [(PER_CASE_DICE_COLUMNS, "Per-case test Dice")]
+    if all(c in data.columns for c in PER_CASE_NSD_COLUMNS) and _has_values(data, list(PER_CASE_NSD_COLUMNS)):
+        panels.append((PER_CASE_NSD_COLUMNS, "Per-case test NSD"))
+    width = min(max(9.0, 1.0 * len(models) + 5.0), 40.0)
+    with drawing(path, len(panels), 1, figsize=(width, 5.0 * len(panels))) as (fig, axes):
+        for ax, (columns, ylabel) in zip(axes[:, 0], panels):
+            long = data.melt(
+                id_vars="model", value_vars=list(columns), var_name="region", value_name="value"
             )
-        if len(models) > 4:
-            ax.tick_params(axis="x", labelrotation=40)
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlabel("")
-        ax.set_ylabel("Per-case test Dice")
-        fig.suptitle("Per-case test Dice (seeds/folds pooled)")
+            long["value"] = pd.to_numeric(long["value"], errors="coerce")
+            long = long.dropna(subset=["value"])
+            long["region"] = long["region"].map(columns)
+            common = dict(data=long, x="model", y="value", hue="region", order=models,
+                          hue_order=list(columns.values()), ax=ax)
+            with warnings.catch_warnings():
+                # seaborn 0.13 passes the deprecated ``vert`` argument to matplotlib >= 3.11
+                warnings.filterwarnings("ignore", message=".*vert: bool", category=DeprecationWarning)
+                sns.boxplot(**common, palette="Set2", fliersize=0, boxprops={"alpha": 0.6})
+                sns.stripplot(**common, palette=dict.fromkeys(columns.values(), "0.2"), dodge=True, size=2.5,
+                              alpha=0.6, jitter=0.15, legend=False)
+            if len(models) > 4:
+                ax.tick_params(axis="x", labelrotation=40)
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("")
+            ax.set_ylabel(ylabel)
+        fig.suptitle("Per-case test metrics (seeds/folds pooled; one point per case)")
     return Path(path)
 
 
@@ -582,7 +638,8 @@ class PlotJob:
     has_data: Callable[[pd.DataFrame], bool] = field(default=lambda df: not df.empty)
 
 
-_RESULTS_SOURCES = (RESULTS_CSV, COMPARISON_CSV)
+# model_comparison.csv first: it holds the bootstrap CIs the charts draw; the per-run table otherwise.
+_RESULTS_SOURCES = (COMPARISON_CSV, RESULTS_CSV)
 
 
 def _efficiency_data(df: pd.DataFrame) -> bool:

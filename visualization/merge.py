@@ -1,0 +1,150 @@
+"""Merge run folders trained in separate jobs into one comparison (``python -m visualization``).
+
+    python -m visualization RUN_DIR [RUN_DIR ...] --output DIR
+
+The per-unit tables of the runs are concatenated (``integrated_experiment_results.csv``,
+``per_case_results.csv``, ``all_epochs_results.csv``, ``modality_contributions.csv``,
+``stage_wise_pam_results.csv``: first run's rows of a model win) with a ``source_run`` column, and DIR
+gets them plus ``model_comparison.csv``, ``statistical_tests.csv``, ``ranking.csv`` (the same code as
+the end of a run: ``experiment.run_folder.write_comparison_files``), every chart, ``splits.json`` (the
+seeds of all runs) and ``merged_runs.json`` (the sources). Refused (:class:`MergeError`): a folder
+without results or splits, the same (model, seed, fold) in two runs, or a seed whose test splits
+differ between two runs that both hold results of it (paired comparisons need the same test cases).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from experiment.run_folder import (
+    EPOCHS_CSV,
+    MODALITY_CSV,
+    PER_CASE_CSV,
+    RESULTS_CSV,
+    SPLITS_JSON,
+    STAGE_PAM_CSV,
+    UNIT_COLUMNS,
+    write_comparison_files,
+)
+from utils.io import write_csv, write_json
+from visualization.visualization_dataframe import make_all_plots
+
+MERGED_JSON = "merged_runs.json"
+SOURCE_COLUMN = "source_run"
+UNIT_TABLES = (RESULTS_CSV, PER_CASE_CSV, EPOCHS_CSV, MODALITY_CSV)
+
+
+class MergeError(ValueError):
+    """The run folders cannot be merged into one comparison (the message says why)."""
+
+
+def _read(path: Path) -> pd.DataFrame | None:
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return None
+
+
+def _test_splits(splits: dict[str, Any], seed: int) -> dict[int, list[str]] | None:
+    entry = splits.get(str(seed))
+    if entry is None:
+        return None
+    return {int(f["fold"]): sorted(map(str, f["test"])) for f in entry.get("folds", [])}
+
+
+def _load_run(path: Path) -> dict[str, Any]:
+    if not path.is_dir():
+        raise MergeError(f"{path} is not a directory; pass run folders (integrated_experiment_results_*)")
+    results = _read(path / RESULTS_CSV)
+    if results is None or results.empty:
+        raise MergeError(f"{path} has no finished units ({RESULTS_CSV} missing or empty)")
+    if not (path / SPLITS_JSON).is_file():
+        raise MergeError(f"{path} has no {SPLITS_JSON}; the test splits of its seeds cannot be checked")
+    return {"path": path, "results": results, "splits": json.loads((path / SPLITS_JSON).read_text()),
+            "tables": {name: _read(path / name) for name in UNIT_TABLES[1:] + (STAGE_PAM_CSV,)}}
+
+
+def check_mergeable(runs: Sequence[dict[str, Any]]) -> None:
+    """Raise :class:`MergeError` on a (model, seed, fold) present in two runs, or on a seed whose test
+    splits differ between runs that both hold results of it."""
+    owner: dict[tuple[str, int, int], Path] = {}
+    for run in runs:
+        for model, seed, fold in run["results"][UNIT_COLUMNS].itertuples(index=False):
+            unit = (str(model), int(seed), int(fold))
+            if unit in owner:
+                raise MergeError(f"model {unit[0]} seed {unit[1]} fold {unit[2]} is in both {owner[unit]} and "
+                                 f"{run['path']}; merge each unit once (leave one of the runs out)")
+            owner[unit] = run["path"]
+    seeds: dict[int, list[dict[str, Any]]] = {}
+    for run in runs:
+        for seed in sorted({int(s) for s in run["results"]["seed"]}):
+            seeds.setdefault(seed, []).append(run)
+    for seed, holders in seeds.items():
+        first = holders[0]
+        reference = _test_splits(first["splits"], seed)
+        for other in holders[1:]:
+            splits = _test_splits(other["splits"], seed)
+            if reference is None or splits is None:
+                missing = first["path"] if reference is None else other["path"]
+                raise MergeError(f"seed {seed}: {missing / SPLITS_JSON} has no split of this seed")
+            if splits != reference:
+                folds = sorted(k for k in set(reference) | set(splits) if reference.get(k) != splits.get(k))
+                raise MergeError(f"seed {seed}: the test split differs between {first['path']} and {other['path']} "
+                                 f"(fold(s) {folds}); paired comparisons need the same test cases: merge runs "
+                                 "made with the same data, seeds and --use_5fold")
+
+
+def merge_runs(run_dirs: Sequence[str | Path], output: str | Path) -> list[Path]:
+    """Merge ``run_dirs`` into ``output`` (created): tables, comparison, statistics, ranking, charts.
+    Returns the written files. Raises :class:`MergeError` (module docstring)."""
+    if not run_dirs:
+        raise MergeError("no run folder given")
+    paths = [Path(p) for p in run_dirs]
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise MergeError("a run folder is given twice")
+    output = Path(output)
+    if output.resolve() in {p.resolve() for p in paths}:
+        raise MergeError(f"--output {output} is one of the run folders; write the merge to a new folder")
+    runs = [_load_run(p) for p in paths]
+    check_mergeable(runs)
+    output.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+
+    def concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        return pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+
+    tables: dict[str, pd.DataFrame] = {
+        RESULTS_CSV: concat([r["results"].assign(**{SOURCE_COLUMN: str(r["path"])}) for r in runs])}
+    for name in UNIT_TABLES[1:]:
+        tables[name] = concat([r["tables"][name].assign(**{SOURCE_COLUMN: str(r["path"])})
+                               for r in runs if r["tables"][name] is not None])
+    stage = concat([r["tables"][STAGE_PAM_CSV].assign(**{SOURCE_COLUMN: str(r["path"])})
+                    for r in runs if r["tables"][STAGE_PAM_CSV] is not None])
+    if not stage.empty:  # measured once per model: the first run that measured a model gives its rows
+        stage = stage[stage[SOURCE_COLUMN] == stage.groupby("model", sort=False)[SOURCE_COLUMN].transform("first")]
+    tables[STAGE_PAM_CSV] = stage
+    for name, df in tables.items():
+        if not df.empty:
+            write_csv(output / name, df)
+            written.append(output / name)
+    splits: dict[str, Any] = {}
+    for run in runs:
+        for seed, entry in run["splits"].items():
+            splits.setdefault(seed, entry)
+    write_json(output / SPLITS_JSON, splits)
+    write_json(output / MERGED_JSON, {"runs": [str(p) for p in paths],
+                                      "units": int(len(tables[RESULTS_CSV]))})
+    per_case = tables[PER_CASE_CSV]
+    write_comparison_files(output, tables[RESULTS_CSV], per_case if not per_case.empty else None)
+    written += [output / SPLITS_JSON, output / MERGED_JSON]
+    written += [p for p in sorted(output.glob("*.csv")) if p not in written]
+    written += make_all_plots(output)
+    return written
+
