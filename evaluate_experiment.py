@@ -1,10 +1,15 @@
-"""Re-evaluate every best checkpoint of a run folder on its test split.
+"""Re-evaluate every best checkpoint of a run folder on its test split; export its test predictions;
+score them with the official BraTS evaluation.
 
-    python evaluate_experiment.py --results_dir baseline_results/integrated_experiment_results_YYYYMMDD_HHMMSS
+    python evaluate_experiment.py --results_dir RUN_DIR                      # evaluation_results.csv
+    python evaluate_experiment.py --results_dir RUN_DIR --export_predictions --official_eval
 
-Writes ``RUN_DIR/evaluation_results.csv`` (one row per checkpoint, the test columns of
-``integrated_experiment_results.csv``) and ``RUN_DIR/evaluation_per_case_results.csv``, through the
-same cache and the same ``evaluate_checkpoint`` as the run, so the metrics equal the run's.
+Without options it writes ``RUN_DIR/evaluation_results.csv`` (one row per checkpoint, the test columns of
+``integrated_experiment_results.csv``) and ``RUN_DIR/evaluation_per_case_results.csv``, through the same
+cache and the same ``evaluate_checkpoint`` as the run, so the metrics equal the run's.
+``--export_predictions`` writes ``RUN_DIR/predictions/{unit}/{case_id}.nii.gz`` and the ground truth
+``RUN_DIR/predictions/references/{case_id}.nii.gz``; ``--official_eval`` scores those folders with the
+official package in its own environment into ``RUN_DIR/official_brats_metrics.csv`` (experiment/export.py).
 """
 
 from __future__ import annotations
@@ -17,37 +22,41 @@ from pathlib import Path
 import pandas as pd
 
 import data_loader as dl
-from experiment.config import load_run_config
 from experiment.data import open_prepared_cache
 from experiment.evaluation import evaluate_checkpoint
-from experiment.run_folder import EVALUATION_CSV, TEST_METRIC_COLUMNS, UNIT_COLUMNS, RunFolder
-from utils.checkpoint import BEST_KEYS, CheckpointError, load_checkpoint
+from experiment.export import (
+    DEFAULT_BRATS_EVAL_PYTHON,
+    OfficialEvaluationError,
+    export_run_predictions,
+    open_run,
+    run_official_evaluation,
+    run_test_units,
+)
+from experiment.run_folder import (
+    EVALUATION_CSV,
+    OFFICIAL_METRICS_CSV,
+    TEST_METRIC_COLUMNS,
+    UNIT_COLUMNS,
+    RunFolder,
+)
+from utils.checkpoint import CheckpointError
 from utils.distributed import resolve_device
 
 
 def evaluate_run(run_dir: str | Path, data_path: str | None = None, device: str = "auto",
                  cache_dir: str | None = None) -> pd.DataFrame:
     """Evaluate every ``*_best.pth`` of ``run_dir``; returns (and writes) the evaluation table."""
-    if not RunFolder.is_run_folder(run_dir):
-        raise FileNotFoundError(f"{run_dir} is not a run folder (config.json and splits.json are needed)")
-    cfg = load_run_config(run_dir, data_path=data_path, cache_dir=cache_dir)
-    run = RunFolder(run_dir, cfg.use_5fold)
-    splits, checkpoints = run.read_splits(), run.best_checkpoints()
-    if not checkpoints:
-        raise FileNotFoundError(f"no *_best.pth checkpoints in {run_dir}")
+    cfg = open_run(run_dir, data_path=data_path, cache_dir=cache_dir)
+    units = run_test_units(run_dir, cfg)
     torch_device, cache = resolve_device(device), open_prepared_cache(cfg)
     rows, per_case = [], []
-    for path in checkpoints:
-        ckpt = load_checkpoint(path, BEST_KEYS + ("seed", "fold"))
-        key = {"model": ckpt["model_name"], "seed": int(ckpt["seed"]), "fold": int(ckpt["fold"])}
-        split = next((f for f in splits.get(str(key["seed"]), {}).get("folds", []) if f["fold"] == key["fold"]), None)
-        if split is None:
-            raise CheckpointError(f"{path}: seed {key['seed']} fold {key['fold']} is not in {run / 'splits.json'}")
-        result = evaluate_checkpoint(ckpt, cfg, cache, split["test"], torch_device, desc=f"evaluate {path.name}")
-        rows.append({**key, **result.summary(), "best_epoch": ckpt["epoch"], "best_val_dice": ckpt["best_val_dice"],
-                     "checkpoint": path.name})
-        per_case += [{**key, **r} for r in result.per_case]
-    return run.write_evaluation(rows, per_case)
+    for unit in units:
+        ckpt = unit.checkpoint
+        result = evaluate_checkpoint(ckpt, cfg, cache, unit.test_ids, torch_device, desc=f"evaluate {unit.path.name}")
+        rows.append({**unit.key, **result.summary(), "best_epoch": ckpt["epoch"],
+                     "best_val_dice": ckpt["best_val_dice"], "checkpoint": unit.path.name})
+        per_case += [{**unit.key, **r} for r in result.per_case]
+    return RunFolder(run_dir, cfg.use_5fold).write_evaluation(rows, per_case)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,15 +65,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--data_path", default=None, help="dataset root, if it moved since the run")
     p.add_argument("--cache_dir", default=None, help="preprocessed cache folder, if not the run's")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--export_predictions", action="store_true", help="write the test predictions and their ground "
+                   "truth as NIfTI under RUN_DIR/predictions/ (instead of re-evaluating)")
+    p.add_argument("--official_eval", action="store_true", help="score RUN_DIR/predictions/ with the official BraTS "
+                   f"evaluation -> {OFFICIAL_METRICS_CSV} (after --export_predictions, if given)")
+    p.add_argument("--brats_eval_python", default=None, metavar="PATH",
+                   help=f"python of the official package's environment (default {DEFAULT_BRATS_EVAL_PYTHON})")
     args = p.parse_args(argv)
+    run = Path(args.results_dir)
     try:
-        table = evaluate_run(args.results_dir, args.data_path, args.device, args.cache_dir)
-    except (dl.BadCaseError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        if not (args.export_predictions or args.official_eval):
+            table = evaluate_run(run, args.data_path, args.device, args.cache_dir)
+            with pd.option_context("display.width", 200, "display.max_columns", 12):
+                print(table[UNIT_COLUMNS + TEST_METRIC_COLUMNS].to_string(index=False))
+            print(f"written: {run / EVALUATION_CSV}")
+        if args.export_predictions:
+            print(f"written: {export_run_predictions(run, args.data_path, args.cache_dir, args.device)}")
+        if args.official_eval:
+            table = run_official_evaluation(run, args.brats_eval_python)
+            summary = [c for c in (f"{m}_{r}" for m in ("lesionwise_dsc_mean", "global_dsc") for r in ("wt", "tc", "et"))
+                       if c in table.columns]
+            with pd.option_context("display.width", 200, "display.max_columns", 12):
+                print(table.groupby(UNIT_COLUMNS)[summary].mean().to_string())
+            print(f"written: {run / OFFICIAL_METRICS_CSV}")
+    except (dl.BadCaseError, CheckpointError, OfficialEvaluationError, FileNotFoundError, ValueError) as exc:
         print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
         return 2
-    with pd.option_context("display.width", 200, "display.max_columns", 12):
-        print(table[UNIT_COLUMNS + TEST_METRIC_COLUMNS].to_string(index=False))
-    print(f"written: {Path(args.results_dir) / EVALUATION_CSV}")
     return 0
 
 

@@ -302,3 +302,47 @@ def load_case(case: CaseRecord) -> tuple[np.ndarray, np.ndarray, tuple[float, fl
     raw = read_case(case)
     image = np.stack([normalize_modality(volume) for volume in raw.image])
     return image, raw.label, raw.spacing
+
+
+def unmap_labels(classes: np.ndarray, layout: str) -> np.ndarray:
+    """Model classes 0..3 -> the layout's BraTS labels as uint8 (3 -> 4 for 2018/2021; 2023 unchanged):
+    the inverse of :func:`map_labels`, for writing predictions in the dataset's convention."""
+    spec = _check_layout(layout)
+    inverse = {spec.label_map.get(label, label): label for label in spec.labels}
+    lut = np.zeros(max(inverse) + 1, dtype=np.uint8)
+    for cls, label in inverse.items():
+        lut[cls] = label
+    classes = np.asarray(classes)
+    if classes.size and (classes.min() < 0 or classes.max() >= len(lut)):
+        raise ValueError(f"model classes must lie in 0..{len(lut) - 1}, got {classes.min()}..{classes.max()}")
+    return lut[classes.astype(np.int64)]
+
+
+def find_case(folder: str | Path, prefer: str | None = None) -> CaseRecord | None:
+    """The case in ``folder`` (named by its case id) in the first layout whose four modality files are
+    all there, ``prefer`` tried first; ``None`` if no layout fits. The segmentation may be absent."""
+    for name in dict.fromkeys([prefer, *LAYOUTS] if prefer in LAYOUTS else LAYOUTS):
+        record = _case_record(Path(folder), LAYOUTS[name])
+        if all(p.is_file() for p in record.image_paths.values()):
+            return record
+    return None
+
+
+def read_images(case: CaseRecord) -> RawCase:
+    """The four modalities as :func:`read_case` reads and checks them, without the segmentation (which
+    may be missing: a new case to predict); ``label`` is all background, spacing and affine are T1's."""
+    reference_path = case.image_paths[MODALITIES[0]]
+    reference = _open_header(case, reference_path)
+    images = []
+    for modality in MODALITIES:
+        path = case.image_paths[modality]
+        data, img = _read_volume(case, path)
+        if img.shape != reference.shape or not np.allclose(img.affine, reference.affine, rtol=0.0,
+                                                           atol=AFFINE_TOLERANCE):
+            raise BadCaseError(case.case_id, path, f"shape or affine differs from that of {reference_path.name}")
+        if not np.all(np.isfinite(data := data.astype(np.float32))):
+            raise BadCaseError(case.case_id, path, f"modality {modality!r} contains NaN or inf voxels")
+        images.append(data)
+    spacing = tuple(float(z) for z in reference.header.get_zooms()[:3][::-1])
+    return RawCase(np.stack(images), np.zeros(images[0].shape, dtype=np.uint8), spacing,
+                   np.asarray(reference.affine, dtype=np.float64))
