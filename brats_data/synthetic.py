@@ -1,9 +1,19 @@
 """Deterministic synthetic BraTS dataset written as real NIfTI files in the BraTS 2021 layout.
 
-Each phantom is a skull-stripped ellipsoidal brain (background exactly 0) with grey/white-matter,
-ventricle and sulcal-CSF contrast that differs per modality, a smooth multiplicative bias field and
-Rician noise, plus one irregular tumour inside the brain: edema (label 2, bright on FLAIR/T2), an
-enhancing rim (label 4, bright on T1ce) and, in most cases, a necrotic core (label 1, dark on T1ce).
+Two difficulties, chosen by ``difficulty``:
+
+- ``"easy"`` (the original cartoon, kept for fast tests): a skull-stripped ellipsoidal brain with
+  piecewise-constant grey/white matter and CSF, low noise and one compact tumour per case with, in
+  most cases, all three labels.  Small models reach a whole-tumour Dice near 0.98 on it.
+- ``"realistic"`` (the default): smooth tissue textures (white and grey matter with gyri and sulci,
+  deep grey nuclei, ventricles, interhemispheric fissure), partial-volume blur, a bias field and
+  Rician noise at BraTS-like contrast-to-noise, a per-case scanner gain, unlabelled look-alikes
+  (white-matter hyperintensities on FLAIR/T2, enhancing vessels on T1ce) and 1-3 irregular, lobulated
+  tumours per case (see :func:`synthesize_realistic_case` for what is promised).
+
+Labels are BraTS 2021's: 1 necrosis / non-enhancing core, 2 edema, 4 enhancing tumour.  Edema is
+bright on FLAIR and T2 and fades towards its border, the enhancing rim is bright on T1ce, necrosis
+is dark on T1ce; tumour intensities are heterogeneous and overlap those of normal tissue.
 """
 
 from __future__ import annotations
@@ -18,15 +28,20 @@ import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from utils.labels import MODALITIES
 
 from .cases import dataset_root
 from .locking import file_lock
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST_NAME = "synthetic_manifest.json"
 DEFAULT_SHAPE: tuple[int, int, int] = (96, 96, 64)
+DIFFICULTIES = ("easy", "realistic")
+DEFAULT_DIFFICULTY = "realistic"
+
+# --------------------------------------------------------------------------- easy (original) phantoms
 
 # Relative mean intensity of each tissue per modality (t1, t1ce, t2, flair).
 TISSUE_INTENSITY: dict[str, tuple[float, float, float, float]] = {
@@ -113,8 +128,8 @@ def _tumour(rng: np.random.Generator, brain: np.ndarray) -> np.ndarray:
     return seg
 
 
-def synthesize_case(seed: int, index: int, shape: tuple[int, int, int] = DEFAULT_SHAPE) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom in nibabel (X, Y, Z) order: images (4, X, Y, Z) int16 (canonical modalities), seg uint8."""
+def _synthesize_easy(seed: int, index: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The original cartoon phantom (``difficulty="easy"``); its bytes must never change."""
     rng = np.random.default_rng([seed, index])
     brain, weights = _brain_phantom(rng, shape)
     seg = _tumour(rng, brain)
@@ -139,6 +154,291 @@ def synthesize_case(seed: int, index: int, shape: tuple[int, int, int] = DEFAULT
     return images, seg
 
 
+
+
+# --------------------------------------------------------------------------- realistic phantoms
+
+# Tissue codes of the anatomy map.
+BACKGROUND, WM, GM, DEEP_GM, CSF = 0, 1, 2, 3, 4
+# Mean intensity per tissue and modality (t1, t1ce, t2, flair), relative to white matter on T1.
+# Healthy tissues are jittered per case by +-HEALTHY_JITTER, tumour and look-alikes by +-LESION_JITTER.
+REALISTIC_INTENSITY: dict[str, tuple[float, float, float, float]] = {
+    "wm": (1.00, 1.00, 0.55, 0.62),
+    "gm": (0.74, 0.76, 0.80, 0.84),
+    "deep_gm": (0.82, 0.84, 0.70, 0.76),
+    "csf": (0.28, 0.30, 1.60, 0.20),
+    "edema": (0.70, 0.72, 1.22, 1.25),
+    "enhancing": (0.86, 1.55, 1.00, 1.05),
+    "necrosis": (0.45, 0.40, 1.45, 0.88),
+    "non_enhancing": (0.66, 0.70, 1.25, 1.18),  # label 1 of tumours without enhancement
+    "wmh": (0.86, 0.88, 1.00, 1.06),  # unlabelled white-matter hyperintensity (look-alike of edema)
+    "vessel": (0.90, 1.45, 0.60, 0.70),  # unlabelled enhancing vessel (look-alike of enhancing tumour)
+}
+HEALTHY_JITTER = 0.06
+LESION_JITTER = 0.12
+# What the tumour model promises (checked by tests/test_synthetic.py).
+WT_FRACTION_RANGE = (0.005, 0.15)  # whole tumour / brain volume, log-uniform
+LESION_COUNT_PROBABILITY = {1: 0.55, 2: 0.30, 3: 0.15}  # main lesion + satellites / distant foci
+EXTRA_LESION_SHARE = (0.03, 0.25)  # volume of each extra lesion relative to the main one
+MIN_LESION_VOXELS = 20
+NO_ET_PROBABILITY = 0.2  # cases without enhancing tumour (their core is non-enhancing, label 1)
+NECROSIS_PROBABILITY_WITH_ET = 0.75  # enhancing cases with a necrotic centre
+# Acquisition.
+NOISE_RANGE = (0.025, 0.05)  # Rician sigma relative to the white-matter T1 intensity
+BIAS_RANGE = (0.10, 0.30)  # strength of the log bias field
+GAIN_RANGE = (150.0, 2500.0)  # scanner gain (int16 value of white matter on T1), log-uniform
+PARTIAL_VOLUME_SIGMA = 0.7  # voxels
+
+
+def _unit_vector(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(3)
+    return v / np.linalg.norm(v)
+
+
+def _box(centre: np.ndarray, half: float, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """Slices of the axis-aligned box of half-size ``half`` around ``centre``, clipped to ``shape``."""
+    return tuple(slice(int(max(0, np.floor(c - half))), int(min(s, np.ceil(c + half) + 1)))
+                 for c, s in zip(centre, shape))
+
+
+def _box_shape(box: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(b.stop - b.start for b in box)
+
+
+def _paint_ellipsoid(tissue: np.ndarray, centre: np.ndarray, axes: np.ndarray, value: int,
+                     rng: np.random.Generator, only: tuple[int, ...] = (WM, GM)) -> None:
+    """Set ``value`` inside a slightly irregular ellipsoid, over the tissues listed in ``only``."""
+    box = _box(centre, 1.3 * float(axes.max()), tissue.shape)
+    shape = _box_shape(box)
+    if min(shape) < 1:
+        return
+    local = centre - np.array([b.start for b in box])
+    dist = _ellipsoid_radius(shape, local, axes) * (1 + 0.12 * _smooth_noise(rng, shape, max(2.0, axes.min())))
+    region = tissue[box]
+    region[(dist < 1) & np.isin(region, only)] = value
+
+
+def _anatomy(rng: np.random.Generator, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tissue map (0 background, WM, GM, DEEP_GM, CSF), brain centre and semi-axes (X, Y, Z voxels).
+
+    An ellipsoidal brain with a folded cortical ribbon (grey matter outside a wavy white-matter
+    surface, sulcal CSF along the zero-crossings of a smooth field), an interhemispheric fissure,
+    thalami and basal ganglia, and lateral ventricles whose size varies per case.
+    """
+    size = np.array(shape, dtype=np.float32)
+    centre = size / 2 + rng.uniform(-0.03, 0.03, 3) * size
+    axes = size / 2 * rng.uniform(0.78, 0.88, 3)
+    unit = float(axes.mean()) / 70  # about 1 mm of a real brain
+    radius = _ellipsoid_radius(shape, centre, axes) * (1 + 0.04 * _smooth_noise(rng, shape, 20 * unit))
+    tissue = np.zeros(shape, dtype=np.uint8)
+    tissue[radius < 1] = WM
+    cortex = 0.86 + 0.05 * _smooth_noise(rng, shape, 10 * unit)
+    sulci = np.abs(_smooth_noise(rng, shape, 7 * unit))  # sulci along the zero-crossings, lined by cortex
+    tissue[(radius < 1) & ((radius > cortex) | ((radius > 0.70) & (sulci < 0.25)))] = GM
+    tissue[(radius < 1) & ((radius > 0.97) | ((radius > 0.74) & (sulci < 0.08)))] = CSF
+    x = np.arange(shape[0], dtype=np.float32)[:, None, None]
+    z = np.arange(shape[2], dtype=np.float32)[None, None, :]
+    fissure = (np.abs(x - centre[0]) < max(0.6, 1.2 * unit)) & ((z > centre[2] + 0.35 * axes[2]) | (radius > 0.7))
+    tissue[fissure & (radius < 1)] = CSF
+    for side in (-1, 1):
+        for offset, extent in (((0.12, -0.08, -0.10), (0.10, 0.14, 0.10)),  # thalamus
+                               ((0.30, 0.12, -0.05), (0.06, 0.16, 0.12))):  # putamen
+            _paint_ellipsoid(tissue, centre + np.array(offset) * axes * (side, 1, 1),
+                             np.array(extent) * axes * rng.uniform(0.9, 1.1, 3), DEEP_GM, rng)
+    atrophy = rng.uniform(0.7, 1.4)
+    for side in (-1, 1):
+        _paint_ellipsoid(tissue, centre + np.array([side * 0.10, 0.0, 0.12]) * axes,
+                         np.array([0.07, 0.32, 0.12]) * axes * atrophy * rng.uniform(0.9, 1.1, 3), CSF, rng,
+                         only=(WM, GM, DEEP_GM))
+    return tissue, centre, axes
+
+
+def _lobulated_distance(rng: np.random.Generator, shape: tuple[int, ...], centre: np.ndarray,
+                        radius: float) -> np.ndarray:
+    """Normalised distance of an irregular blob: union of an ellipsoid and 0-3 lobes, boundary perturbed."""
+    axes = radius * rng.uniform(0.75, 1.3, 3)
+    axes *= radius / np.prod(axes) ** (1 / 3)
+    dist = _ellipsoid_radius(shape, centre, axes)
+    for _ in range(int(rng.integers(0, 4))):
+        lobe_centre = centre + _unit_vector(rng) * radius * rng.uniform(0.5, 0.9)
+        dist = np.minimum(dist, _ellipsoid_radius(shape, lobe_centre, radius * rng.uniform(0.35, 0.7, 3)))
+    return dist + rng.uniform(0.15, 0.3) * _smooth_noise(rng, shape, max(1.5, radius / 2.5))
+
+
+def _lesion_labels(rng: np.random.Generator, dist: np.ndarray, cell: float, enhancing: bool,
+                   necrosis: bool) -> np.ndarray:
+    """BraTS labels of one lesion from its distance map (edema where < 1, then core, rim, necrosis)."""
+    shape = dist.shape
+    core_dist = dist * (1 + 0.15 * _smooth_noise(rng, shape, cell))
+    core_radius = rng.uniform(0.35, 0.8)
+    labels = np.where(dist < 1, np.uint8(2), np.uint8(0))
+    core = (dist < 1) & (core_dist < core_radius)
+    if not enhancing:
+        labels[core] = 1  # non-enhancing tumour core
+        return labels
+    labels[core] = 4
+    if necrosis:
+        rim = core_radius * rng.uniform(0.25, 0.55) * np.maximum(1 + 0.6 * _smooth_noise(rng, shape, 2.0), 0.2)
+        labels[core & (core_dist < core_radius - rim)] = 1
+    return labels
+
+
+def _lesion(rng: np.random.Generator, brain: np.ndarray, centre: np.ndarray, volume: float, enhancing: bool,
+            necrosis: bool) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
+    """One connected lesion of about ``volume`` brain voxels (fewer if the box lacks brain or specks are cut).
+
+    Returns its box, labels in the box and the normalised distance map (< 1 inside the lesion).
+    """
+    radius = float((3 * volume / (4 * np.pi)) ** (1 / 3))
+    box = _box(centre, 2.5 * radius + 2, brain.shape)
+    local = centre - np.array([b.start for b in box])
+    dist = _lobulated_distance(rng, _box_shape(box), local, radius)
+    dist[~brain[box]] = np.inf
+    k = max(1, int(min(round(volume), np.isfinite(dist).sum(), dist.size - 1)))
+    ordered = np.partition(dist.ravel(), (k - 1, k))
+    dist /= (ordered[k - 1] + min(ordered[k], 2 * ordered[k - 1])) / 2  # k voxels below 1
+    components, n = ndimage.label(dist < 1)
+    if n > 1:  # one connected lesion: drop the specks the boundary noise cut off
+        largest = np.argmax(np.bincount(components.ravel())[1:]) + 1
+        dist[(components > 0) & (components != largest)] = 1.0
+    return box, _lesion_labels(rng, dist, max(1.5, radius / 2.5), enhancing, necrosis), dist
+
+
+def _lesion_centre(rng: np.random.Generator, brain: np.ndarray, centre: np.ndarray, axes: np.ndarray,
+                   radius: float, near: tuple[np.ndarray, float] | None) -> tuple[np.ndarray, str]:
+    """A lesion centre and its kind: a satellite next to ``near`` (centre, radius of the main lesion) if
+    given and that spot is in the brain, else a random spot in the brain (the main lesion or a distant one)."""
+    if near is not None:
+        candidate = near[0] + _unit_vector(rng) * near[1] * rng.uniform(1.6, 2.6)
+        inside = np.sqrt((((candidate - centre) / axes) ** 2).sum()) < 0.85
+        if inside and brain[tuple(np.clip(np.rint(candidate).astype(int), 0, np.array(brain.shape) - 1))]:
+            return candidate, "satellite"
+    reach = np.clip(1 - 1.2 * radius / axes, 0.0, 1.0) * 0.8
+    return centre + _unit_vector(rng) * rng.uniform() ** (1 / 3) * reach * axes, "distant"
+
+
+def _tumour_model(rng: np.random.Generator, brain: np.ndarray, centre: np.ndarray,
+                  axes: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Labels (0/1/2/4), tumour weight (1 in the core, fading edema) and a description of the tumour."""
+    n_brain = int(brain.sum())
+    total = n_brain * float(np.exp(rng.uniform(*np.log(WT_FRACTION_RANGE))))
+    n_lesions = int(rng.choice(list(LESION_COUNT_PROBABILITY), p=list(LESION_COUNT_PROBABILITY.values())))
+    enhancing = bool(rng.uniform() >= NO_ET_PROBABILITY)
+    necrosis = enhancing and bool(rng.uniform() < NECROSIS_PROBABILITY_WITH_ET)
+    shares = np.array([1.0] + [rng.uniform(*EXTRA_LESION_SHARE) for _ in range(n_lesions - 1)])
+    volumes = np.maximum(total * shares / shares.sum(), MIN_LESION_VOXELS)
+    edge_weight = rng.uniform(0.45, 0.75)  # edema contrast at its border, relative to its centre
+    seg = np.zeros(brain.shape, dtype=np.uint8)
+    weight = np.zeros(brain.shape, dtype=np.float32)
+    main: tuple[np.ndarray, float] | None = None
+    kinds = []
+    for i, volume in enumerate(volumes):
+        radius = float((3 * volume / (4 * np.pi)) ** (1 / 3))
+        near = main if rng.uniform() < 0.6 else None
+        lesion_centre, kind = _lesion_centre(rng, brain, centre, axes, radius, near)
+        kinds.append("main" if i == 0 else kind)
+        necrotic = necrosis and (i == 0 or rng.uniform() < 0.5)
+        box, labels, dist = _lesion(rng, brain, lesion_centre, volume, enhancing, necrotic)
+        main = main or (lesion_centre, radius)
+        paint = (labels > 0) & ((seg[box] == 0) | (labels != 2))  # a core wins over another lesion's edema
+        seg[box][paint] = labels[paint]
+        ramp = edge_weight + (1 - edge_weight) * np.clip((1 - dist) / 0.4, 0, 1)
+        weight[box][paint] = np.where(labels[paint] == 2, ramp[paint], 1.0)
+    info = {"n_lesions": n_lesions, "lesion_kinds": kinds, "lesion_voxels": [int(round(v)) for v in volumes],
+            "target_fraction": float(np.round(volumes).sum()) / n_brain,
+            "wt_fraction": float((seg > 0).sum()) / n_brain,
+            "labels": sorted(int(v) for v in np.unique(seg) if v), "enhancing": enhancing}
+    return seg, weight, info
+
+
+def _blobs(rng: np.random.Generator, tissue: np.ndarray, count: int, radius: tuple[float, float],
+           allowed: tuple[int, ...]) -> np.ndarray:
+    """Weights (0..1) of ``count`` small soft blobs centred on voxels of the ``allowed`` tissues."""
+    weight = np.zeros(tissue.shape, dtype=np.float32)
+    candidates = np.flatnonzero(np.isin(tissue, allowed))
+    if candidates.size == 0:
+        return weight
+    for flat in rng.choice(candidates, size=count):
+        centre = np.array(np.unravel_index(flat, tissue.shape), dtype=np.float32)
+        r = rng.uniform(*radius)
+        box = _box(centre, r + 1, tissue.shape)
+        dist = _ellipsoid_radius(_box_shape(box), centre - [b.start for b in box], r * rng.uniform(0.6, 1.4, 3))
+        np.maximum(weight[box], np.clip(1.5 * (1 - dist), 0, 1) * (tissue[box] > 0), out=weight[box])
+    return weight
+
+
+def _render(rng: np.random.Generator, tissue: np.ndarray, seg: np.ndarray, weight: np.ndarray,
+            enhancing: bool, unit: float) -> np.ndarray:
+    """Four int16 images: textured tissue, blended tumour and look-alikes, blur, bias field, gain, Rician noise."""
+    shape = tissue.shape
+    brain = tissue > 0
+    wmh = _blobs(rng, tissue, int(rng.integers(0, 7)), (1.5 * unit, 4 * unit), (WM,))
+    vessels = _blobs(rng, tissue, int(rng.integers(2, 9)), (1.0 * unit, 2.5 * unit), (GM, CSF))
+    healthy_texture = 1 + 0.03 * _smooth_noise(rng, shape, 2.0) + 0.04 * _smooth_noise(rng, shape, 6 * unit)
+    tumour = np.flatnonzero(seg)
+    tumour_texture = 1 + 0.12 * _smooth_noise(rng, shape, max(1.5, 3 * unit)).ravel()[tumour]
+    w = weight.ravel()[tumour]
+    core_name = {1: "necrosis" if enhancing else "non_enhancing", 2: "edema", 4: "enhancing"}
+    noise = rng.uniform(*NOISE_RANGE)
+    gain = np.exp(rng.uniform(*np.log(GAIN_RANGE)))
+    bias = np.exp(rng.uniform(*BIAS_RANGE) * _smooth_noise(rng, shape, max(shape) / 2))
+    images = np.zeros((len(MODALITIES),) + tuple(shape), dtype=np.int16)
+    for m in range(len(MODALITIES)):
+        jitter = rng.uniform(1 - HEALTHY_JITTER, 1 + HEALTHY_JITTER, 4)
+        lut = np.array([0.0] + [REALISTIC_INTENSITY[t][m] for t in ("wm", "gm", "deep_gm", "csf")], np.float32)
+        lut[1:] *= jitter
+        clean = lut[tissue] * healthy_texture
+        for name, blob in (("wmh", wmh), ("vessel", vessels)):
+            value = REALISTIC_INTENSITY[name][m] * rng.uniform(1 - LESION_JITTER, 1 + LESION_JITTER)
+            clean += blob * (value - clean)
+        values = np.zeros(5, dtype=np.float32)
+        for label, name in core_name.items():
+            values[label] = REALISTIC_INTENSITY[name][m] * rng.uniform(1 - LESION_JITTER, 1 + LESION_JITTER)
+        flat = clean.reshape(-1)
+        flat[tumour] += w * (values[seg.ravel()[tumour]] * tumour_texture - flat[tumour])
+        clean = ndimage.gaussian_filter(clean, PARTIAL_VOLUME_SIGMA, truncate=3.0)
+        signal = clean[brain] * bias[brain] * gain
+        sigma = np.float32(noise * gain * rng.uniform(0.85, 1.15))
+        n = rng.standard_normal((2, signal.size), dtype=np.float32) * sigma
+        images[m][brain] = np.clip(np.rint(np.hypot(signal + n[0], n[1])), 1, np.iinfo(np.int16).max)
+    return images
+
+
+def synthesize_realistic_case(seed: int, index: int, shape: tuple[int, int, int] = DEFAULT_SHAPE
+                              ) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One realistic phantom: images (4, X, Y, Z) int16, seg (X, Y, Z) uint8 and a description.
+
+    Promised, over many cases (tests/test_synthetic.py checks it):
+
+    - 1, 2 or 3 lesions (probabilities 0.55 / 0.30 / 0.15); each extra lesion is a small satellite
+      next to the main one (60%, if that spot is in the brain) or a distant focus, with 3-25% of the
+      main lesion's volume (at least 20 voxels);
+    - whole tumour = 0.5% to 15% of the brain volume (log-uniform; overlapping lesions and the
+      20-voxel minimum of a lesion move it slightly);
+    - 20% of cases without enhancing tumour (no label 4: the core is non-enhancing, label 1); of the
+      others, 75% have a necrotic centre (label 1) and the rest a solid enhancing core;
+    - every lesion has edema (label 2) around its core.
+
+    The description holds ``n_lesions``, ``lesion_kinds``, ``lesion_voxels``, ``target_fraction``,
+    ``wt_fraction`` (measured), ``labels`` (present, without 0) and ``enhancing``.
+    """
+    rng = np.random.default_rng([seed, index, 2])
+    tissue, centre, axes = _anatomy(rng, shape)
+    seg, weight, info = _tumour_model(rng, tissue > 0, centre, axes)
+    images = _render(rng, tissue, seg, weight, info["enhancing"], float(axes.mean()) / 70)
+    return images, seg, info
+
+
+def synthesize_case(seed: int, index: int, shape: tuple[int, int, int] = DEFAULT_SHAPE,
+                    difficulty: str = DEFAULT_DIFFICULTY) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom in nibabel (X, Y, Z) order: images (4, X, Y, Z) int16 (canonical modalities), seg uint8."""
+    if difficulty == "easy":
+        return _synthesize_easy(seed, index, shape)
+    if difficulty == "realistic":
+        return synthesize_realistic_case(seed, index, shape)[:2]
+    raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+
+
 def _write_nifti(data: np.ndarray, path: Path) -> None:
     img = nib.Nifti1Image(data, affine=np.diag([-1.0, -1.0, 1.0, 1.0]))
     img.header.set_zooms((1.0, 1.0, 1.0))
@@ -148,8 +448,9 @@ def _write_nifti(data: np.ndarray, path: Path) -> None:
     nib.save(img, str(path))
 
 
-def _manifest(n_cases: int, seed: int, shape: tuple[int, int, int]) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "n_cases": n_cases, "seed": seed, "shape": list(shape)}
+def _manifest(n_cases: int, seed: int, shape: tuple[int, int, int], difficulty: str) -> dict:
+    return {"generator_version": GENERATOR_VERSION, "n_cases": n_cases, "seed": seed, "shape": list(shape),
+            "difficulty": difficulty}
 
 
 def _is_complete(root: Path, manifest: dict) -> bool:
@@ -165,13 +466,16 @@ def _is_complete(root: Path, manifest: dict) -> bool:
 
 
 def generate_synthetic_dataset(data_path: str | Path, n_cases: int = 20, seed: int = 0,
-                               shape: tuple[int, int, int] = DEFAULT_SHAPE) -> Path:
+                               shape: tuple[int, int, int] = DEFAULT_SHAPE,
+                               difficulty: str = DEFAULT_DIFFICULTY) -> Path:
     """Write ``n_cases`` phantoms to ``{data_path}/BRATS_SYNTHETIC/BraTS2021_Training_Data`` and return it.
 
     Cases are ``BraTS2021_00000 ...`` with ``_{t1,t1ce,t2,flair,seg}.nii.gz`` files (int16 images,
-    uint8 labels 0/1/2/4, 1 mm spacing, ``shape`` in NIfTI (X, Y, Z) order).  Deterministic: case i
-    depends only on (seed, i) and the bytes are identical between runs.  Idempotent: a folder already
-    holding the same configuration (``synthetic_manifest.json``) is left as is; a different one is
+    uint8 labels 0/1/2/4, 1 mm spacing, ``shape`` in NIfTI (X, Y, Z) order).  ``difficulty`` is
+    ``"realistic"`` (default) or ``"easy"`` (the original cartoon phantoms, see the module docstring).
+    Deterministic: case i depends only on (seed, i, difficulty) and the bytes are identical between
+    runs.  Idempotent: a folder already holding the same configuration (``synthetic_manifest.json``,
+    which records the difficulty) is left as is; a different one is
     replaced.  Generation happens in a temporary folder renamed into place under a file lock, so
     concurrent callers are safe.
     """
@@ -180,8 +484,10 @@ def generate_synthetic_dataset(data_path: str | Path, n_cases: int = 20, seed: i
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 16:
         raise ValueError(f"shape must be 3 sizes (X, Y, Z), each >= 16, got {shape}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     root = dataset_root(data_path, "synthetic")
-    manifest = _manifest(n_cases, seed, shape)
+    manifest = _manifest(n_cases, seed, shape, difficulty)
     if _is_complete(root, manifest):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +500,7 @@ def generate_synthetic_dataset(data_path: str | Path, n_cases: int = 20, seed: i
                 case_id = f"BraTS2021_{index:05d}"
                 folder = tmp / case_id
                 folder.mkdir(parents=True)
-                images, seg = synthesize_case(seed, index, shape)
+                images, seg = synthesize_case(seed, index, shape, difficulty)
                 for modality, volume in zip(MODALITIES, images):
                     _write_nifti(volume, folder / f"{case_id}_{modality}.nii.gz")
                 _write_nifti(seg, folder / f"{case_id}_seg.nii.gz")

@@ -266,12 +266,13 @@ def test_normalize_degenerate_volumes() -> None:
 # --------------------------------------------------------------------------- synthetic generator
 
 SYN_SHAPE = (48, 48, 32)
+SYN_EASY = {"difficulty": "easy"}  # the cartoon phantoms' contrasts; realistic ones: tests/test_synthetic.py
 
 
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp_path_factory.mktemp("syn")
-    generate_synthetic_dataset(data, n_cases=6, seed=3, shape=SYN_SHAPE)
+    generate_synthetic_dataset(data, n_cases=6, seed=3, shape=SYN_SHAPE, **SYN_EASY)
     return data
 
 
@@ -307,15 +308,15 @@ def test_synthetic_files_are_brats(synthetic_root: Path) -> None:
 
 
 def test_synthetic_deterministic_and_idempotent(synthetic_root: Path, tmp_path: Path) -> None:
-    root = generate_synthetic_dataset(tmp_path, n_cases=2, seed=3, shape=SYN_SHAPE)
+    root = generate_synthetic_dataset(tmp_path, n_cases=2, seed=3, shape=SYN_SHAPE, **SYN_EASY)
     assert root == dataset_root(tmp_path, "synthetic")
     for name in ("BraTS2021_00001/BraTS2021_00001_flair.nii.gz", "BraTS2021_00001/BraTS2021_00001_seg.nii.gz"):
         assert (root / name).read_bytes() == (dataset_root(synthetic_root, "synthetic") / name).read_bytes()
     probe = root / "BraTS2021_00000/BraTS2021_00000_t1.nii.gz"
     stamp = probe.stat().st_mtime_ns
-    generate_synthetic_dataset(tmp_path, n_cases=2, seed=3, shape=SYN_SHAPE)
+    generate_synthetic_dataset(tmp_path, n_cases=2, seed=3, shape=SYN_SHAPE, **SYN_EASY)
     assert probe.stat().st_mtime_ns == stamp  # same configuration: untouched
-    generate_synthetic_dataset(tmp_path, n_cases=1, seed=4, shape=SYN_SHAPE)
+    generate_synthetic_dataset(tmp_path, n_cases=1, seed=4, shape=SYN_SHAPE, **SYN_EASY)
     assert [c.case_id for c in discover_cases(tmp_path, "synthetic")] == ["BraTS2021_00000"]
     assert probe.read_bytes() != (dataset_root(synthetic_root, "synthetic") / probe.relative_to(root)).read_bytes()
     with pytest.raises(ValueError, match="n_cases"):
