@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_option(groups[f.metadata["cli"]["group"]], f)
     groups["run"].add_argument("--list_models", action="store_true",
                                help="print every registered model (family, modalities, dims, parameters) and exit")
+    groups["data"].add_argument("--preprocess_only", action="store_true",
+                                help="validate the cases and build the preprocessing cache (same data flags), "
+                                     "print a summary and exit")
     return p
 
 
@@ -77,13 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
 
     import data_loader as dl
-    from experiment.data import DataError
+    from experiment.data import DataError, preprocess_only
     from experiment.loop import run_integrated_experiment
     from utils.checkpoint import CheckpointError
 
     try:
+        if args.preprocess_only:
+            print(preprocess_only(cfg))
+            return 0
         summary = run_integrated_experiment(cfg)
-    except (dl.BadCaseError, DataError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (dl.BadCaseError, DataError, CheckpointError, OSError, ValueError) as exc:
         print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
               file=sys.stderr)
         return 2

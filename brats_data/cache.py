@@ -18,13 +18,16 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from tqdm import tqdm
+
+from utils.labels import NUM_CLASSES
 
 from .cases import CLIP_PERCENTILES, BadCaseError, CaseRecord, normalize_modality, read_case, validate_case
 from .locking import file_lock
 
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # part of every case's key: bump it when the preprocessing changes
 MAX_FOREGROUND_POINTS = 100_000
 PREPROCESSING = {
     "clip_percentiles": list(CLIP_PERCENTILES),
@@ -89,6 +92,7 @@ def build_case(case: CaseRecord, cache_dir: str | Path) -> None:
         "affine": raw.affine.tolist(),
         "source_files": {name: str(p) for name, p in zip((*case.image_paths, "seg"), case.files())},
         "n_foreground": int((label > 0).sum()),
+        "class_voxels": np.bincount(label.reshape(-1), minlength=NUM_CLASSES).tolist(),
         "cache_version": CACHE_VERSION,
     }
     tmp = cache_dir / f".tmp-{case.case_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -114,6 +118,26 @@ def _build_worker(case: CaseRecord, cache_dir: str) -> BadCaseError | None:
     except BadCaseError as exc:
         return exc
     return None
+
+
+CROP_SHARE = 0.6  # BraTS: the brain + tumour box is ~40-60% of the 240x240x155 volume
+
+
+def estimated_bytes(cases: Sequence[CaseRecord]) -> int:
+    """Cache size of ``cases`` from their NIfTI headers: 4 float16 channels and a uint8 label per voxel,
+    times :data:`CROP_SHARE` for the crop."""
+    voxels = sum(int(np.prod(nib.load(str(c.label_path)).shape[:3])) for c in cases)
+    return int(voxels * (4 * 2 + 1) * CROP_SHARE)
+
+
+def check_disk_space(cache_dir: Path, cases: Sequence[CaseRecord], margin: float = 1.1) -> None:
+    """OSError naming the folder, the need and the free space when the cases will not fit."""
+    if not cases:
+        return
+    need, free = estimated_bytes(cases) * margin, shutil.disk_usage(cache_dir).free
+    if need > free:
+        raise OSError(f"not enough disk space for the preprocessing cache in {cache_dir}: {len(cases)} case(s) "
+                      f"need about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free (use --cache_dir elsewhere)")
 
 
 class PreprocessedCache:
@@ -182,6 +206,7 @@ class PreprocessedCache:
                         raise
                     errors[cid] = exc
             todo = [cid for cid in stale if cid not in errors]
+            check_disk_space(self.cache_dir, [self.cases[cid] for cid in todo])
             bar = tqdm(total=len(todo), desc="preprocessing cases", unit="case", disable=not progress or not todo)
             if num_workers > 1 and len(todo) > 1:
                 with ProcessPoolExecutor(max_workers=min(num_workers, len(todo))) as pool:
@@ -228,6 +253,13 @@ class PreprocessedCache:
     def meta(self, case_id: str) -> dict:
         """The case's ``meta.json``: case_id, key, spacing, original_shape, bbox, affine, source_files."""
         return json.loads(self._path(case_id, "meta.json").read_text())
+
+    def class_voxels(self, case_id: str) -> list[int]:
+        """Voxels per model class in the case's label (from ``meta.json``; counted for older caches)."""
+        counts = self.meta(case_id).get("class_voxels")
+        if counts is None:
+            counts = np.bincount(np.asarray(self.label(case_id)).reshape(-1), minlength=NUM_CLASSES).tolist()
+        return [int(c) for c in counts]
 
     def spacing(self, case_id: str) -> tuple[float, float, float]:
         """Voxel spacing (z, y, x) in mm."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import warnings
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.context import get_spawning_popen
@@ -22,6 +23,10 @@ from torch.utils.data import Dataset
 from utils.labels import MODALITIES
 
 from .cache import PreprocessedCache
+
+# Memory maps kept open per dataset copy (each DataLoader worker has its own): three files a case, so
+# a worker holds at most 3 x MAX_OPEN_CASES files whatever the number of cases (BraTS 2021: 1,251).
+MAX_OPEN_CASES = 16
 
 
 def modality_indices(modalities: Sequence[str]) -> list[int]:
@@ -55,7 +60,11 @@ def _flipped(tensor: torch.Tensor, dims: list[int]) -> torch.Tensor:
 
 
 class PatchDataset(Dataset):
-    """Random 3D patches ``(image float32 (C, Z, Y, X), label int64 (Z, Y, X))`` from the cache.
+    """Random 3D patches ``(image float32 (C, Z, Y, X), label uint8 (Z, Y, X))`` from the cache.
+
+    Labels stay uint8 through the loader (an eighth of int64's bytes in worker queues and host-to-device
+    copies); the trainer makes them int64 on the device. At most :data:`MAX_OPEN_CASES` cases are kept
+    memory-mapped at a time (least recently used first out), so open files stay bounded.
 
     Args:
         cache: a built :class:`PreprocessedCache`.
@@ -94,11 +103,11 @@ class PatchDataset(Dataset):
         self.seed = seed
         # Shared memory, so that set_epoch() also reaches persistent DataLoader workers.
         self._epoch = multiprocessing.RawValue("q", 0)
-        self._arrays: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        self._arrays: OrderedDict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = OrderedDict()
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_arrays"] = {}  # never pickle memory maps into DataLoader workers
+        state["_arrays"] = OrderedDict()  # never pickle memory maps into DataLoader workers
         if get_spawning_popen() is None:  # plain pickling, not starting a worker: a private epoch copy
             state["_epoch"] = self.epoch
         return state
@@ -121,7 +130,11 @@ class PatchDataset(Dataset):
         return self.samples_per_epoch
 
     def _case_arrays(self, case_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if case_id not in self._arrays:
+        if case_id in self._arrays:
+            self._arrays.move_to_end(case_id)
+        else:
+            while len(self._arrays) >= MAX_OPEN_CASES:
+                self._arrays.popitem(last=False)  # the last reference: its files close now
             self._arrays[case_id] = (self.cache.image(case_id), self.cache.label(case_id),
                                      self.cache.foreground(case_id))
         return self._arrays[case_id]
@@ -156,7 +169,7 @@ class PatchDataset(Dataset):
         inside = all(d.start == 0 and d.stop == r for d, r in zip(dst, self.region))
         alloc = torch.empty if inside else torch.zeros  # zero padding outside the volume
         out_image = alloc((len(self.channels),) + self.region, dtype=torch.float32)
-        out_label = alloc(self.region, dtype=torch.int64)
+        out_label = alloc(self.region, dtype=torch.uint8)
         dims = [axis for axis, flip in enumerate(spec.flips) if flip]
         # Read the memory-mapped crop (only the needed channels), flip it in the stored dtype and cast
         # it into the output: at most two vectorised passes, no Python per voxel.
@@ -170,7 +183,7 @@ class PatchDataset(Dataset):
 
 
 class SliceDataset(PatchDataset):
-    """Random axial slices ``(image float32 (C, Y, X), label int64 (Y, X))``: a patch of depth 1.
+    """Random axial slices ``(image float32 (C, Y, X), label uint8 (Y, X))``: a patch of depth 1.
 
     Foreground items take the slice of a random foreground voxel, centred on it in-plane; flips act
     on Y and X.  ``patch_size`` is ``(Y, X)``; otherwise as :class:`PatchDataset`.

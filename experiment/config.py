@@ -29,7 +29,8 @@ LOSSES = ("nnunet", "standard")
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 
 # What a later command may change about an existing run: where and how it runs, never what it is.
-RUNTIME_FIELDS: tuple[str, ...] = ("data_path", "cache_dir", "device", "num_workers", "sharing_strategy")
+RUNTIME_FIELDS: tuple[str, ...] = ("data_path", "cache_dir", "device", "num_workers", "sharing_strategy",
+                                   "preprocess_workers")
 
 
 def option(default: Any = MISSING, help: str = "", *, group: str = "run", flag: str | None = None,
@@ -58,6 +59,9 @@ class ExperimentConfig:
     dataset_version: str = option("brats2018", "dataset layout under --data_path; 'synthetic' generates a "
                                   "BraTS-like dataset once", group="data", choices=DATASET_VERSIONS)
     synthetic_cases: int = option(20, "number of synthetic cases", group="data")
+    synthetic_difficulty: str = option("realistic", "synthetic phantoms: 'easy' (fast cartoon phantoms) or "
+                                       "'realistic' (textures, noise, varied and multi-focal tumours)",
+                                       group="data", choices=("easy", "realistic"))
     synthetic_shape: list[int] | None = option(None, "volume size of synthetic cases (default 96 96 64; real "
                                                "BraTS is 240 240 155)", group="data", type=int, nargs=3,
                                                metavar=("X", "Y", "Z"))
@@ -68,6 +72,11 @@ class ExperimentConfig:
     cache_dir: str | None = option(None, "preprocessed cache folder (default: "
                                    "{data_path}/preprocessed/{dataset_version})", group="data", type=str)
     num_workers: int = option(8, "DataLoader workers (per process under torchrun)", group="data")
+    preprocess_workers: int | None = option(None, "processes building the preprocessing cache (default: all "
+                                            "cores); separate from --num_workers", group="data", type=int)
+    patient_map: str | None = option(None, "CSV with columns case_id,patient_id: cases of one patient never "
+                                     "cross splits (BraTS 2023 ids are grouped by patient without it)",
+                                     group="data", type=str, metavar="CSV")
     sharing_strategy: str = option("file_descriptor", "torch.multiprocessing sharing strategy (file_system if "
                                    "/dev/shm or open files run out)", group="data",
                                    choices=("file_descriptor", "file_system"))
@@ -85,6 +94,17 @@ class ExperimentConfig:
                                    "(2D uses the last two)", group="training", type=int, nargs="+",
                                    default_factory=lambda: [128, 128, 128])
     overlap: float = option(0.1, "sliding-window overlap", group="training")
+    sw_batch_size: int | None = option(None, "windows (3D) or axial slices (2D) per inference forward "
+                                       "(default 4 in 3D, 64 in 2D)", group="training", type=int)
+    iters_per_epoch: int | None = option(None, "optimizer steps per epoch, whatever the number of processes "
+                                         "(nnU-Net: 250); default: patches_per_case x training cases / "
+                                         "global batch", group="training", type=int)
+    val_every: int = option(1, "validate every K epochs (the last epoch always); the best checkpoint is "
+                            "chosen among the validated epochs", group="training")
+    grad_clip: float = option(12.0, "gradient-norm clipping after unscaling (nnU-Net: 12); 0 turns it off",
+                              group="training")
+    sync_bn: bool = option(True, "do not convert BatchNorm to SyncBatchNorm under torchrun on GPUs",
+                           group="training", flag="--no_sync_bn")
     lr: float = option(1e-3, "AdamW learning rate (polynomial decay, power 0.9)", group="training")
     loss: str = option("nnunet", group="training", flags={
         "--use_nnunet_loss": ("nnunet", "Dice 70%% + CE 30%% (the default)"),
@@ -102,14 +122,15 @@ class ExperimentConfig:
     grad_checkpoint: bool = option(False, "activation checkpointing to cut training memory: MONAI's "
                                    "use_checkpoint where the model has it (SwinUNETR), else each top-level "
                                    "stage is recomputed in the backward pass", group="training")
+    nsd_tolerance: float = option(1.0, "tolerance (mm) of the normalised surface Dice", group="training")
     # run
     results_dir: str = option("baseline_results", "where run folders are created")
     device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     resume: str | None = option(None, "continue an interrupted run in that folder", type=str, metavar="RUN_DIR")
     measure_efficiency: bool = option(True, "skip FLOPs/PAM/latency measurement", flag="--no_efficiency")
+    gradcam: bool = option(False, "Grad-CAM slice overlays of the first test case per model (MONAI)")
     # configuration only (no flag)
     weight_decay: float = 1e-5
-    sw_batch_size: int = 2
 
     def __post_init__(self) -> None:
         if self.dim not in ("2d", "3d"):
@@ -119,9 +140,11 @@ class ExperimentConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
+        for name in ("epochs", "batch_size", "val_every", "iters_per_epoch", "sw_batch_size", "preprocess_workers"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.grad_clip < 0:
+            raise ValueError(f"--grad_clip must be >= 0 (0 turns it off), got {self.grad_clip}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
         if not self.seeds:
@@ -140,6 +163,13 @@ class ExperimentConfig:
     def model_names(self) -> list[str]:
         names = self.models or [m for m in list_models() if self.dim in model_spec(m).dims]
         return list(dict.fromkeys(names))
+
+    def resolved_sw_batch_size(self) -> int:
+        """Windows per forward: 3D windows are large (4); 2D windows are slices, batched by the dozen (64)."""
+        return self.sw_batch_size or (4 if self.dim == "3d" else 64)
+
+    def resolved_preprocess_workers(self) -> int:
+        return self.preprocess_workers or os.cpu_count() or 1
 
     def resolved_patches_per_case(self) -> int:
         return self.patches_per_case or (1 if self.dim == "3d" else 8)

@@ -4,16 +4,21 @@ splits of every seed, and the training loader of one unit."""
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
 import data_loader as dl
+from brats_data.splits import patient_id, read_patient_map, stratified_subset
 from experiment.config import ExperimentConfig
 from utils import distributed as du
+from utils.io import read_json, write_json
+from utils.labels import REGIONS
 
 log = logging.getLogger(__name__)
 
@@ -22,38 +27,95 @@ class DataError(RuntimeError):
     """Raised on the other ranks when the main rank could not prepare the data (it raised the original)."""
 
 
+POLL_SECONDS = 2.0
+
+
+def case_grade(case: Any) -> str | None:
+    """``HGG``/``LGG`` for BraTS 2018 (the folder holding the case), else None."""
+    group = Path(case.label_path).parent.parent.name
+    return group if case.layout == "brats2018" and group in ("HGG", "LGG") else None
+
+
+def _discover(cfg: ExperimentConfig) -> list[Any]:
+    """The run's cases: all of the dataset, or with ``--max_samples N`` a seeded (seed 0), grade-stratified
+    subset of whole patients, the same for every seed of the run and every later command."""
+    cases = dl.discover_cases(Path(cfg.data_path), cfg.dataset_version)
+    if cfg.max_samples is None or cfg.max_samples >= len(cases):
+        return cases
+    by_id = {c.case_id: c for c in cases}
+    strata = {cid: case_grade(c) or "all" for cid, c in by_id.items()}
+    keep = stratified_subset(list(by_id), cfg.max_samples, seed=0, strata=strata, groups=_patient_groups(cfg, by_id))
+    return [by_id[cid] for cid in keep]
+
+
 def _open_cache(cfg: ExperimentConfig) -> Any:
-    cases = dl.discover_cases(Path(cfg.data_path), cfg.dataset_version, max_samples=cfg.max_samples)
-    return dl.PreprocessedCache(cfg.resolved_cache_dir(), cases)
+    return dl.PreprocessedCache(cfg.resolved_cache_dir(), _discover(cfg))
+
+
+def _status_file(cfg: ExperimentConfig) -> Path:
+    """Where rank 0 says the cache of this torchrun job is ready (the job id is the same on every rank)."""
+    job = os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("MASTER_PORT") or "single"
+    return cfg.resolved_cache_dir() / f".prepared-{job}.json"
+
+
+def build_cache(cfg: ExperimentConfig, progress: bool = True) -> tuple[Any, list[dict[str, str]]]:
+    """Generate the synthetic data if asked, discover the cases and build the cache (rank 0's work)."""
+    if cfg.dataset_version == "synthetic":
+        shape = {"shape": tuple(cfg.synthetic_shape)} if cfg.synthetic_shape else {}
+        dl.generate_synthetic_dataset(Path(cfg.data_path), n_cases=cfg.synthetic_cases, seed=0,
+                                      difficulty=cfg.synthetic_difficulty, **shape)
+    cache = _open_cache(cfg)
+    errors = cache.build(num_workers=cfg.resolved_preprocess_workers(), progress=progress,
+                         skip_bad_cases=cfg.skip_bad_cases)
+    return cache, [{"case_id": e.case_id, "path": str(e.path), "reason": e.reason} for e in errors]
 
 
 def prepare_data(cfg: ExperimentConfig, ctx: du.DistContext) -> tuple[Any, list[dict[str, str]]]:
     """Discover, validate and cache the cases: rank 0 builds, the others wait, then open the same cache.
 
-    Returns ``(cache, skipped)``; ``skipped`` lists the bad cases (dicts: case_id, path, reason)
-    left out under ``--skip_bad_cases``. A bad case without that flag raises ``BadCaseError``
-    (naming the case and the file) on rank 0 and :class:`DataError` on the others.
+    The other ranks wait on the file system (rank 0 writes a status file when done), never in a
+    collective, so a build longer than the collective timeout (BraTS 2021 with few workers) is fine.
+    Returns ``(cache, skipped)``; ``skipped`` lists the bad cases (dicts: case_id, path, reason) left
+    out under ``--skip_bad_cases``. A bad case without that flag raises ``BadCaseError`` (naming the
+    case and the file) on rank 0 and :class:`DataError` on the others.
     """
-    outcome: tuple[str, Any] = ("ok", [])
+    status = _status_file(cfg)
     if ctx.is_main:
         try:
-            if cfg.dataset_version == "synthetic":
-                shape = {"shape": tuple(cfg.synthetic_shape)} if cfg.synthetic_shape else {}
-                dl.generate_synthetic_dataset(Path(cfg.data_path), n_cases=cfg.synthetic_cases, seed=0, **shape)
-            cache = _open_cache(cfg)
-            workers = max(1, min(cfg.num_workers, os.cpu_count() or 1))
-            errors = cache.build(num_workers=workers, progress=True, skip_bad_cases=cfg.skip_bad_cases)
-            outcome = ("ok", [{"case_id": e.case_id, "path": str(e.path), "reason": e.reason} for e in errors])
+            cache, skipped = build_cache(cfg)
         except Exception as exc:
-            du.broadcast_object(("error", str(exc)))
+            if ctx.distributed:
+                write_json(status, {"status": "error", "message": str(exc).splitlines()[0] if str(exc) else ""})
             raise
-    status, payload = du.broadcast_object(outcome)
-    if status == "error":
-        raise DataError(payload)
-    if not ctx.is_main:  # the cache is complete now: open it, excluding the same bad cases
-        cache = _open_cache(cfg)
-        cache.build(num_workers=1, progress=False, skip_bad_cases=True)
-    return cache, payload
+        if ctx.distributed:
+            write_json(status, {"status": "ok", "skipped": skipped})
+    else:
+        while not status.is_file():
+            time.sleep(POLL_SECONDS)
+        outcome = read_json(status)
+        if outcome["status"] == "error":
+            raise DataError(outcome["message"])
+        cache, skipped = _open_cache(cfg), outcome["skipped"]
+        cache.build(num_workers=1, progress=False, skip_bad_cases=True)  # opens it; everything is fresh
+    du.barrier()  # every rank has read the status: it can go
+    if ctx.is_main:
+        status.unlink(missing_ok=True)
+    return cache, skipped
+
+
+def preprocess_only(cfg: ExperimentConfig) -> str:
+    """``--preprocess_only``: build the cache (rank 0 under torchrun; the others wait) and summarise it."""
+    t0 = time.perf_counter()
+    ctx = du.init_distributed(cfg.device)
+    try:
+        cache, skipped = prepare_data(cfg, ctx)
+    finally:
+        du.cleanup()
+    size = sum(f.stat().st_size for cid in cache.case_ids for f in cache.case_dir(cid).iterdir())
+    lines = [f"preprocessed {len(cache.case_ids)} cases into {cache.cache_dir} ({size / 2**30:.2f} GiB on disk, "
+             f"{len(getattr(cache, 'built_case_ids', []))} built now) in {time.perf_counter() - t0:.1f} s"]
+    lines += [f"skipped {s['case_id']}: {s['reason']} ({s['path']})" for s in skipped]
+    return "\n".join(lines + [f"{len(skipped)} skipped case(s)"])
 
 
 def open_prepared_cache(cfg: ExperimentConfig, progress: bool = True) -> Any:
@@ -63,9 +125,44 @@ def open_prepared_cache(cfg: ExperimentConfig, progress: bool = True) -> Any:
     return cache
 
 
-def make_all_splits(cfg: ExperimentConfig, case_ids: Sequence[str]) -> dict[str, Any]:
-    """The patient-level splits of every seed (and every fold with ``--use_5fold``)."""
-    return {str(s): dl.make_splits(list(case_ids), seed=s, use_5fold=cfg.use_5fold) for s in cfg.seeds}
+def _patient_groups(cfg: ExperimentConfig, case_ids: Iterable[str]) -> dict[str, str]:
+    ids = list(case_ids)
+    return read_patient_map(cfg.patient_map, ids) if cfg.patient_map else {cid: patient_id(cid) for cid in ids}
+
+
+def case_strata(cache: Any) -> dict[str, str]:
+    """Stratum of each cached case: grade where the layout has one, and whether it has enhancing tumour."""
+    out = {}
+    for cid in cache.case_ids:
+        et = "ET" if cache.class_voxels(cid)[REGIONS["et"][0]] > 0 else "no-ET"
+        grade = case_grade(cache.cases[cid])
+        out[cid] = f"{grade}/{et}" if grade else et
+    return out
+
+
+def make_all_splits(cfg: ExperimentConfig, cache: Any) -> dict[str, Any]:
+    """The splits of every seed (and every fold with ``--use_5fold``): by patient, stratified."""
+    ids = list(cache.case_ids)
+    groups, strata = _patient_groups(cfg, ids), case_strata(cache)
+    return {str(s): dl.make_splits(ids, seed=s, use_5fold=cfg.use_5fold, groups=groups, strata=strata)
+            for s in cfg.seeds}
+
+
+def samples_per_epoch(cfg: ExperimentConfig, n_train: int, world_size: int) -> int:
+    """Training samples per epoch over all ranks: ``--iters_per_epoch`` x the global batch, so every
+    rank takes exactly that many optimizer steps; else ``patches_per_case`` x training cases."""
+    if cfg.iters_per_epoch:
+        return cfg.iters_per_epoch * cfg.batch_size * world_size
+    return cfg.resolved_patches_per_case() * n_train
+
+
+def training_budget(cfg: ExperimentConfig, n_train: int, world_size: int) -> dict[str, int]:
+    """Optimizer steps per epoch and in total, global batch and samples seen, as the loader will give them
+    (the DistributedSampler pads each rank to the same count; the last batch may be partial)."""
+    per_rank = math.ceil(samples_per_epoch(cfg, n_train, world_size) / world_size)
+    steps = math.ceil(per_rank / cfg.batch_size)
+    return {"steps_per_epoch": steps, "total_steps": steps * cfg.epochs,
+            "global_batch_size": cfg.batch_size * world_size, "samples_seen": per_rank * world_size * cfg.epochs}
 
 
 def build_train_loader(
@@ -73,7 +170,7 @@ def build_train_loader(
     ctx: du.DistContext,
 ) -> tuple[DataLoader, DistributedSampler, Any]:
     """Loader of training patches (3D) or slices (2D), sharded by a DistributedSampler (also in one process)."""
-    n_samples = cfg.resolved_patches_per_case() * len(case_ids)
+    n_samples = samples_per_epoch(cfg, len(case_ids), ctx.world_size)
     cls = dl.SliceDataset if cfg.dim == "2d" else dl.PatchDataset
     dataset = cls(cache, list(case_ids), list(modalities), cfg.spatial_patch, samples_per_epoch=n_samples,
                   seed=seed)

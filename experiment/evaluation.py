@@ -89,9 +89,9 @@ def predict_volume(
         logits = sliding_window_predict(model, x[None], patch, overlap, sw_batch_size, amp, weight_map)
         return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
     slices = x.permute(1, 0, 2, 3)  # (Z, C, Y, X): axial slices as a batch
-    out = []
-    for start in range(0, slices.shape[0], SLICES_PER_FORWARD):
-        batch = slices[start:start + SLICES_PER_FORWARD]
+    out, chunk = [], max(SLICES_PER_FORWARD, sw_batch_size)
+    for start in range(0, slices.shape[0], chunk):
+        batch = slices[start:start + chunk]
         logits = sliding_window_predict(model, batch, patch, overlap, sw_batch_size, amp, weight_map)
         out.append(logits.argmax(1).to(torch.uint8).cpu())
     return torch.cat(out).numpy()
@@ -157,8 +157,10 @@ def evaluate_model(
     model: nn.Module, cache: Any, case_ids: Sequence[str], modalities: Sequence[str], *, dim: str,
     patch: Sequence[int], overlap: float, device: torch.device, amp: str = "none", sw_batch_size: int = 2,
     keep_first_prediction: bool = False, progress: bool = True, desc: str = "test", compile: bool = False,
+    nsd_tolerance: float = 1.0,
 ) -> EvaluationResult:
-    """Per-case BraTS region metrics (Dice, HD95 at the case's spacing) of ``model`` over ``case_ids``.
+    """Per-case BraTS metrics of ``model`` over ``case_ids``: region Dice, HD95 and NSD (at
+    ``nsd_tolerance`` mm) at the case's spacing, and per-class Dice (``metrics.REGION_METRIC_KEYS``).
 
     Every rank returns the same, complete result (per-case rows sorted by case id). ``compile``
     runs the windows through ``torch.compile`` (not for gated models, whose modality weights are
@@ -174,7 +176,8 @@ def evaluate_model(
         label = np.asarray(cache.label(case_id))
         pred, weights = _predict_with_weights(bare, cache.image(case_id)[idx], lambda image: predict_volume(
             net, image, dim, patch, overlap, device, amp, sw_batch_size, weight_map))
-        row = {"case_id": case_id, **brats_region_metrics(pred, label, spacing=cache.spacing(case_id))}
+        row = {"case_id": case_id, **brats_region_metrics(pred, label, spacing=cache.spacing(case_id),
+                                                          nsd_tolerance=nsd_tolerance)}
         keep = keep_first_prediction and case_id == case_ids[0]
         return row, confusion_matrix(pred, label, num_classes=NUM_CLASSES), weights, pred if keep else None
 
@@ -224,6 +227,6 @@ def evaluate_checkpoint(checkpoint: Mapping[str, Any], cfg: Any, cache: Any, cas
     model.to(device)
     return evaluate_model(model, cache, case_ids, model_spec(name).modalities, dim=cfg.dim,
                           patch=cfg.spatial_patch, overlap=cfg.overlap, device=device,
-                          amp=cfg.resolved_amp(device), sw_batch_size=cfg.sw_batch_size,
+                          amp=cfg.resolved_amp(device), sw_batch_size=cfg.resolved_sw_batch_size(),
                           keep_first_prediction=keep_first_prediction, desc=desc or f"test {name}",
-                          compile=getattr(cfg, "compile", False))
+                          compile=getattr(cfg, "compile", False), nsd_tolerance=getattr(cfg, "nsd_tolerance", 1.0))

@@ -25,7 +25,7 @@ import torch
 
 import data_loader as dl
 from experiment.config import ExperimentConfig, resume_config
-from experiment.data import make_all_splits, prepare_data
+from experiment.data import make_all_splits, prepare_data, training_budget
 from experiment.efficiency import count_parameters, measure_efficiency
 from experiment.evaluation import EvaluationResult, evaluate_checkpoint
 from experiment.run_folder import EFFICIENCY_KEYS, LOG_FILE, RESULTS_CSV, RunFolder, UnitKey
@@ -134,9 +134,11 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "pandas": pd.__version__, "cuda": str(torch.version.cuda)}
 
 
-def _config_record(cfg: ExperimentConfig, ctx: du.DistContext, n_cases: int) -> dict[str, Any]:
+def _config_record(cfg: ExperimentConfig, ctx: du.DistContext, n_cases: int, n_train: int) -> dict[str, Any]:
+    """config.json: the configuration, the training budget (of the first split; see the per-unit
+    ``steps_per_epoch`` column for the others), where and with what it ran."""
     return {
-        "config": cfg.to_dict(), "world_size": ctx.world_size, "global_batch_size": cfg.batch_size * ctx.world_size,
+        "config": cfg.to_dict(), "world_size": ctx.world_size, **training_budget(cfg, n_train, ctx.world_size),
         "device": str(ctx.device), "amp": cfg.resolved_amp(ctx.device), "versions": _versions(),
         "git_commit": _git_commit(), "n_cases": n_cases, "command": sys.argv,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -159,9 +161,10 @@ def open_run(cfg: ExperimentConfig, ctx: du.DistContext) -> RunState:
         run.write_skipped(errors)
         for e in errors:
             log.warning("skipped case %s: %s (%s)", e["case_id"], e["reason"], e["path"])
-    splits = (run.read_splits() if resuming else None) or make_all_splits(cfg, case_ids)
+    splits = (run.read_splits() if resuming else None) or make_all_splits(cfg, cache)
     if ctx.is_main:
-        run.write_config(_config_record(cfg, ctx, len(case_ids)))
+        first = splits[str(cfg.seeds[0])]["folds"][0]
+        run.write_config(_config_record(cfg, ctx, len(case_ids), len(first["train"])))
         run.write_splits(splits)
     done = run.finished_units() if resuming else set()
     return RunState(cfg, ctx, run, cache, splits, done)
@@ -201,6 +204,7 @@ def _write_unit(state: RunState, key: UnitKey, result: TrainResult, evaluation: 
     values, notes = efficiency
     row = {**evaluation.summary(), **{k: values.get(k, np.nan) for k in EFFICIENCY_KEYS},
            "best_epoch": result.best_epoch, "best_val_dice": result.best_val_dice,
+           "steps_per_epoch": result.steps_per_epoch, "total_steps": result.steps_per_epoch * state.cfg.epochs,
            "world_size": state.ctx.world_size, "ranks_in_sync": result.ranks_in_sync, "efficiency_notes": notes}
     state.run.write_unit(key, row, evaluation.per_case, evaluation.confusion, evaluation.modality_weights)
     log.info("[%s seed %d fold %d] test Dice WT/TC/ET %.3f/%.3f/%.3f", key.model, key.seed, key.fold,
@@ -211,7 +215,21 @@ def _write_unit(state: RunState, key: UnitKey, result: TrainResult, evaluation: 
             "image": np.asarray(state.cache.image(case_id)[dl.modality_indices(SLICE_MODALITIES)], np.float32),
             "label": np.asarray(state.cache.label(case_id)), "preds": {}, "modalities": SLICE_MODALITIES})
         slot["preds"][key.model] = pred
+    if getattr(state.cfg, "gradcam", False) and evaluation.first_prediction is not None:
+        _write_gradcam(state, key, result, evaluation.first_prediction[0])
     state.run.remove_last(key)
+
+
+def _write_gradcam(state: RunState, key: UnitKey, result: TrainResult, case_id: str) -> None:
+    """--gradcam: ``gradcam_{unit}.png``, the Grad-CAM overlay of the unit's first test case (rank 0,
+    visualization/gradcam.py); a failure only warns."""
+    try:
+        from visualization.gradcam import write_unit_gradcam
+
+        write_unit_gradcam(key.model, result.best_state, state.cfg, state.cache, case_id,
+                           state.run / f"gradcam_{state.run.unit(key)}.png", state.ctx.device)
+    except Exception as exc:  # an explanation figure must never cost the unit
+        log.warning("warning: Grad-CAM of %s failed: %s: %s", state.run.unit(key), type(exc).__name__, exc)
 
 
 def run_unit(state: RunState, key: UnitKey, split: dict[str, list[str]]) -> bool:

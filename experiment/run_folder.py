@@ -11,6 +11,7 @@ to ``integrated_experiment_results.csv``, whose row marks the unit finished. Onl
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from experiment import statistics as st
 from experiment.config import CONFIG_JSON, unit_name
-from metrics import REGION_METRIC_KEYS
+from metrics import CLASS_DICE_KEYS, NSD_KEYS, REGION_METRIC_KEYS
 from utils.io import append_rows, read_csv, read_json, replace_rows, write_csv, write_json
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- file names
 RUN_PREFIX = "integrated_experiment_results_"
@@ -30,6 +34,8 @@ RESULTS_CSV = "integrated_experiment_results.csv"
 EPOCHS_CSV = "all_epochs_results.csv"
 PER_CASE_CSV = "per_case_results.csv"
 COMPARISON_CSV = "model_comparison.csv"
+STATISTICS_CSV = "statistical_tests.csv"
+RANKING_CSV = "ranking.csv"
 STAGE_PAM_CSV = "stage_wise_pam_results.csv"
 FAILED_CSV = "failed_runs.csv"
 SKIPPED_CSV = "skipped_cases.csv"
@@ -37,6 +43,9 @@ MODALITY_CSV = "modality_contributions.csv"
 CONFUSION_JSON = "confusion_matrices.json"
 EVALUATION_CSV = "evaluation_results.csv"
 EVALUATION_PER_CASE_CSV = "evaluation_per_case_results.csv"
+PREDICTIONS_DIR = "predictions"  # {unit}/{case_id}.nii.gz and references/{case_id}.nii.gz (--export_predictions)
+REFERENCES_DIR = "references"
+OFFICIAL_METRICS_CSV = "official_brats_metrics.csv"
 LOG_FILE = "run.log"
 LAST_DIR = "last"
 
@@ -48,6 +57,7 @@ EFFICIENCY_KEYS = ["params", "flops", "pam_train_mb", "pam_train_mb_std", "pam_i
 RESULT_COLUMNS = UNIT_COLUMNS + [
     "test_dice_wt", "test_dice_tc", "test_dice_et", "test_dice_mean",
     "test_hd95_wt", "test_hd95_tc", "test_hd95_et",
+    *[f"test_{k}" for k in NSD_KEYS + CLASS_DICE_KEYS],
     *EFFICIENCY_KEYS, "best_epoch", "best_val_dice",
 ]
 VAL_DICE_KEYS = ["val_dice_wt", "val_dice_tc", "val_dice_et", "val_dice_mean"]
@@ -71,6 +81,32 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats["n_runs"] = grouped.size()
     return stats.loc[list(dict.fromkeys(results["model"].astype(str)))]
+
+
+def write_comparison_files(folder: str | Path, results: pd.DataFrame, per_case: pd.DataFrame | None
+                           ) -> pd.DataFrame:
+    """Write ``model_comparison.csv`` (:func:`comparison_table` + bootstrap CIs and Pareto flags),
+    ``statistical_tests.csv`` and ``ranking.csv`` (experiment/statistics.py) into ``folder``; return
+    the comparison table. Used at the end of a run and by ``python -m visualization`` on merged runs.
+
+    The comparison table is always written; a statistic that fails is logged, never raised.
+    """
+    folder = Path(folder)
+    table = comparison_table(results).rename_axis("model").reset_index()
+    has_cases = per_case is not None and not per_case.empty
+    try:
+        table = st.add_comparison_statistics(table, per_case if has_cases else None)
+    except Exception as exc:  # a statistic must never cost the comparison table
+        log.warning("warning: confidence intervals / Pareto flags failed: %s: %s", type(exc).__name__, exc)
+    write_csv(folder / COMPARISON_CSV, table)
+    for name, compute, columns in ((STATISTICS_CSV, st.paired_tests, st.TEST_COLUMNS),
+                                   (RANKING_CSV, st.brats_ranking, st.RANKING_COLUMNS)):
+        try:
+            out = compute(per_case) if has_cases else pd.DataFrame(columns=columns)
+            write_csv(folder / name, out)
+        except Exception as exc:
+            log.warning("warning: %s failed: %s: %s", name, type(exc).__name__, exc)
+    return table
 
 
 def _now() -> str:
@@ -191,16 +227,16 @@ class RunFolder:
 
     # ------------------------------------------------------------------ run end and re-evaluation
     def finish(self) -> pd.DataFrame:
-        """Drop an empty resume-state folder; write ``model_comparison.csv``; return it."""
+        """Drop an empty resume-state folder; write ``model_comparison.csv``, ``statistical_tests.csv``
+        and ``ranking.csv`` (:func:`write_comparison_files`); return the comparison table."""
         last = self.path / LAST_DIR
         if last.is_dir() and not any(last.iterdir()):
             last.rmdir()
         results = read_csv(self.path / RESULTS_CSV, RESULT_COLUMNS)
         if results.empty:
             return results
-        table = comparison_table(results).rename_axis("model").reset_index()
-        write_csv(self.path / COMPARISON_CSV, table)
-        return table
+        per_case = read_csv(self.path / PER_CASE_CSV, PER_CASE_COLUMNS)
+        return write_comparison_files(self.path, results, per_case)
 
     def write_evaluation(self, rows: list[dict[str, Any]], per_case: list[dict[str, Any]]) -> pd.DataFrame:
         """``evaluation_results.csv`` (unit and test columns first) and ``evaluation_per_case_results.csv``."""

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from experiment.config import ExperimentConfig
 from experiment.data import build_train_loader
 from experiment.evaluation import validation_dice
-from experiment.run_folder import RunFolder, UnitKey
+from experiment.run_folder import VAL_DICE_KEYS, RunFolder, UnitKey
 from losses import make_loss
 from utils import distributed as du
 from utils.checkpoint import BEST_KEYS, load_checkpoint, load_pretrained, save_checkpoint, unwrap_model
@@ -94,12 +94,20 @@ class NonFiniteLoss(FloatingPointError):
 
 # ----------------------------------------------------------------------------- state helpers
 def weights_fingerprint(model: nn.Module) -> str:
-    """A hash of every parameter and buffer's bytes: equal on all ranks when DDP kept them in sync."""
+    """A hash of every parameter and buffer's bytes: equal on all ranks when they hold the same state."""
+    return weights_fingerprint_of(unwrap_model(model).state_dict())
+
+
+def weights_fingerprint_of(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
-    for name, tensor in sorted(unwrap_model(model).state_dict().items()):
+    for name, tensor in sorted(state.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+class RanksOutOfSync(RuntimeError):
+    """The ranks hold different weights or buffers where they must be identical."""
 
 
 def rng_state() -> dict[str, Any]:
@@ -136,6 +144,7 @@ class TrainResult:
     best_val_dice: float
     curves: list[dict[str, Any]] = field(default_factory=list)
     ranks_in_sync: bool = True
+    steps_per_epoch: int = 0
 
 
 # ----------------------------------------------------------------------------- speed options
@@ -175,7 +184,7 @@ class UnitTrainer:
         self.unit = run.unit(key)
         self.modalities = model_spec(model_name).modalities
         self.device, self.amp = ctx.device, cfg.resolved_amp(ctx.device)
-        self.epoch, self.start_epoch = 0, 0
+        self.epoch, self.start_epoch, self.steps_per_epoch = 0, 0, 0
         self.best = TrainResult({}, -1, -math.inf)
         self._build()
 
@@ -188,6 +197,7 @@ class UnitTrainer:
             report = load_pretrained(self.model, path)
             log.info("[%s] pretrained weights from %s: %d tensors loaded, %d skipped (shape), %d not in the file",
                      self.unit, path, len(report["loaded"]), len(report["skipped"]), len(report["missing"]))
+        self.model = self._sync_batchnorm(self.model)
         self.model.to(self.device)
         if cfg.channels_last:
             self.model.to(memory_format=memory_format(cfg.dim))
@@ -210,6 +220,19 @@ class UnitTrainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.loss_fn = make_loss(self.cfg.loss)
         self.autocast = autocast_context(self.device, self.amp)
+
+    def _sync_batchnorm(self, model: nn.Module) -> nn.Module:
+        """Under torchrun on GPUs, BatchNorm becomes SyncBatchNorm (statistics over the global batch)
+        unless ``--no_sync_bn``; torch has no SyncBatchNorm on the CPU, where each rank keeps its own
+        statistics (rank 0's are broadcast before every validation)."""
+        has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        if not (has_bn and self.ctx.distributed and self.cfg.sync_bn):
+            return model
+        if self.device.type != "cuda":
+            log.info("[%s] SyncBatchNorm needs GPUs: BatchNorm statistics stay per rank on %s", self.unit,
+                     self.device.type)
+            return model
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     # ------------------------------------------------------------------ resume
     def resume(self) -> None:
@@ -239,12 +262,15 @@ class UnitTrainer:
         """One optimizer step; returns the loss (detached, on the device: nothing waits for the GPU)."""
         fmt = memory_format(self.cfg.dim) if self.cfg.channels_last else torch.contiguous_format
         image = image.to(self.device, non_blocking=True, memory_format=fmt)
-        label = label.to(self.device, non_blocking=True)
+        label = label.to(self.device, non_blocking=True).long()  # uint8 from the loader
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.train_module(image)
         loss = self.compute_loss(logits, label)
         self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:  # on the true gradients: unscale first (a no-op without fp16)
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
@@ -276,14 +302,21 @@ class UnitTrainer:
             if count % CHECK_EVERY == 0:
                 self.check(stats, count)
         self.check(stats, count)
+        self.steps_per_epoch = count
         total = du.all_reduce_sum(stats[:1].clone()).item()
         return total / self.ctx.world_size / max(count, 1)
 
+    def validates(self, epoch: int) -> bool:
+        """Every ``--val_every`` epochs, and always the last epoch."""
+        return (epoch + 1) % self.cfg.val_every == 0 or epoch == self.cfg.epochs - 1
+
     def validate(self) -> dict[str, float]:
+        """Validation Dice of rank 0's weights and buffers on every rank (what rank 0 checkpoints)."""
+        du.broadcast_module_state(self.model)
         cfg = self.cfg
         return validation_dice(self.infer_module, self.cache, self.split["val"], self.modalities, dim=cfg.dim,
                                patch=cfg.spatial_patch, overlap=cfg.overlap, device=self.device, amp=self.amp,
-                               sw_batch_size=cfg.sw_batch_size)
+                               sw_batch_size=cfg.resolved_sw_batch_size())
 
     # ------------------------------------------------------------------ end of an epoch
     def end_epoch(self, epoch: int, train_loss: float, lr: float, val: dict[str, float], seconds: float
@@ -291,7 +324,7 @@ class UnitTrainer:
         """Keep the best weights, write the best/last checkpoints (rank 0), log; return the epoch row."""
         row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "epoch_time_s": seconds}
         self.best.curves.append(row)
-        improved = val["val_dice_mean"] > self.best.best_val_dice
+        improved = val["val_dice_mean"] > self.best.best_val_dice  # False for an unvalidated epoch (NaN)
         if improved:
             self.best.best_state, self.best.best_epoch = state_dict_cpu(self.model), epoch
             self.best.best_val_dice = val["val_dice_mean"]
@@ -299,9 +332,9 @@ class UnitTrainer:
             if improved:
                 self._save_best(epoch)
             self._save_last(epoch)
-            log.info("[%s] epoch %d/%d loss %.4f val Dice WT/TC/ET %.3f/%.3f/%.3f (%.1fs)", self.unit, epoch + 1,
-                     self.cfg.epochs, train_loss, val["val_dice_wt"], val["val_dice_tc"], val["val_dice_et"],
-                     seconds)
+            log.info("[%s] epoch %d/%d loss %.4f val Dice WT/TC/ET %.3f/%.3f/%.3f (%.1fs, %d steps)", self.unit,
+                     epoch + 1, self.cfg.epochs, train_loss, val["val_dice_wt"], val["val_dice_tc"],
+                     val["val_dice_et"], seconds, self.steps_per_epoch)
         return row
 
     def _save_best(self, epoch: int) -> None:
@@ -320,10 +353,14 @@ class UnitTrainer:
         })
 
     def finish(self) -> TrainResult:
-        """The best weights and the curves; whether the ranks ended with identical weights."""
-        self.best.ranks_in_sync = len(set(du.all_gather_objects(weights_fingerprint(self.model)))) == 1
+        """The best weights and the curves, after checking that every rank holds the very state rank 0
+        checkpointed (the test runs sharded over the ranks with it); a difference fails the unit."""
+        fingerprint = weights_fingerprint_of(self.best.best_state)
+        self.best.ranks_in_sync = len(set(du.all_gather_objects(fingerprint))) == 1
+        self.best.steps_per_epoch = self.steps_per_epoch
         if not self.best.ranks_in_sync:
-            log.warning("[%s] model weights differ between ranks after training", self.unit)
+            raise RanksOutOfSync(f"[{self.unit}] the best weights differ between ranks; no checkpoint would "
+                                 "reproduce the test metrics")
         return self.best
 
 
@@ -347,7 +384,8 @@ def train_model(
         train_loss = trainer.train_epoch(loader, epoch)
         lr = trainer.optimizer.param_groups[0]["lr"]
         trainer.scheduler.step()
-        row = trainer.end_epoch(epoch, train_loss, lr, trainer.validate(), time.perf_counter() - t0)
+        val = trainer.validate() if trainer.validates(epoch) else dict.fromkeys(VAL_DICE_KEYS, math.nan)
+        row = trainer.end_epoch(epoch, train_loss, lr, val, time.perf_counter() - t0)
         if ctx.is_main and on_epoch_end:
             on_epoch_end(row)
         if du.any_rank_true(STOP.requested, ctx.device):

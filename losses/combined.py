@@ -1,4 +1,8 @@
-"""Combined soft Dice + cross-entropy losses (nnU-Net style 0.7/0.3, standard 0.5/0.5).
+"""Combined soft Dice + cross-entropy losses: ``"nnunet"`` 0.7/0.3 and ``"standard"`` 0.5/0.5.
+
+The 0.7 Dice / 0.3 CE weighting of ``"nnunet"`` (``--use_nnunet_loss``, the default) is this suite's
+choice, kept from the system it reproduces; nnU-Net v2 itself weights Dice and cross-entropy 1:1,
+which is ``"standard"`` (``--use_standard_loss``) — use that to match nnU-Net's training.
 
 Both are MONAI's :class:`~monai.losses.DiceCELoss` with settings chosen like nnU-Net's default
 ``DC_and_CE_loss``: softmax over the logits, one-hot target, the soft Dice term computed over the

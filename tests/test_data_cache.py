@@ -161,7 +161,7 @@ def test_patch_shapes_channels_and_determinism(cache: PreprocessedCache) -> None
     ds = PatchDataset(cache, cache.case_ids, ("flair", "t1ce"), (16, 24, 20), samples_per_epoch=40, seed=5)
     image, label = ds[7]
     assert image.shape == (2, 16, 24, 20) and image.dtype == torch.float32
-    assert label.shape == (16, 24, 20) and label.dtype == torch.int64
+    assert label.shape == (16, 24, 20) and label.dtype == torch.uint8
     again = PatchDataset(cache, cache.case_ids, ("t1ce", "flair"), (16, 24, 20), samples_per_epoch=40, seed=5)
     assert torch.equal(again[7][0], image) and torch.equal(again[7][1], label)
     ds.set_epoch(1)
@@ -233,7 +233,7 @@ def test_slice_dataset(cache: PreprocessedCache) -> None:
     ds = SliceDataset(cache, cache.case_ids, MODALITIES, (24, 28), samples_per_epoch=60, flips=False, seed=1)
     image, label = ds[0]
     assert image.shape == (4, 24, 28) and image.dtype == torch.float32
-    assert label.shape == (24, 28) and label.dtype == torch.int64
+    assert label.shape == (24, 28) and label.dtype == torch.uint8
     for i in range(60):
         spec = ds.sample(i)
         assert 0 <= spec.start[0] < cache.label(spec.case_id).shape[0]

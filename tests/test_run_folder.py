@@ -23,22 +23,25 @@ from experiment.run_folder import (
     MODALITY_CSV,
     PER_CASE_COLUMNS,
     PER_CASE_CSV,
+    RANKING_CSV,
     RESULT_COLUMNS,
     RESULTS_CSV,
     SKIPPED_COLUMNS,
     SKIPPED_CSV,
     STAGE_PAM_COLUMNS,
     STAGE_PAM_CSV,
+    STATISTICS_CSV,
     RunFolder,
     UnitKey,
     comparison_table,
 )
+from experiment.statistics import RANKING_COLUMNS, TEST_COLUMNS
 from metrics import REGION_METRIC_KEYS
 
 
 def test_every_cli_option_is_a_config_field_and_maps_back():
     parser = integrated_experiment.build_parser()
-    dests = {a.dest for a in parser._actions} - {"help", "list_models"}
+    dests = {a.dest for a in parser._actions} - {"help", "list_models", "preprocess_only"}
     assert dests == {f.name for f in cli_fields()}
     args = ["--dim", "3d", "--epochs", "3", "--seeds", "1", "2", "--patch_size", "32", "32", "32",
             "--synthetic_shape", "40", "48", "56", "--no_efficiency", "--use_5fold", "--amp", "fp16",
@@ -131,6 +134,39 @@ def test_run_folder_writes_every_contract_file_with_its_columns(tmp_path):
     comparison = run.finish()
     assert (run / COMPARISON_CSV).is_file() and comparison.loc[0, "n_runs"] == 1
     assert math.isnan(comparison.loc[0, "test_dice_wt_std"]), "sample std of one run"
+    assert list(pd.read_csv(run / STATISTICS_CSV).columns) == TEST_COLUMNS  # one model: no test rows
+    assert list(pd.read_csv(run / RANKING_CSV).columns) == RANKING_COLUMNS
+    for key in ("nsd_wt", "dice_ncr", "dice_ed"):
+        assert key in PER_CASE_COLUMNS and f"test_{key}" in RESULT_COLUMNS
+        assert f"test_{key}_mean" in comparison.columns
+
+
+def test_finish_writes_statistics_ranking_and_comparison_extras(tmp_path):
+    run = RunFolder.create(tmp_path)
+    rng = np.random.default_rng(0)
+    for m, model in enumerate(["unet3d_xs", "unet3d_s", "unet3d_m"]):
+        for seed in (24, 42):
+            per_case = [{"case_id": f"c{i}", **{k: float(np.clip(0.6 + 0.1 * m + rng.normal(0, 0.03), 0, 1))
+                                                 for k in REGION_METRIC_KEYS}} for i in range(8)]
+            row = {f"test_{k}": float(np.mean([r[k] for r in per_case])) for k in REGION_METRIC_KEYS}
+            row |= {"test_dice_mean": row["test_dice_wt"], "params": 1e6 * (m + 1), "flops": 1e9 * (3 - m)}
+            run.write_unit(UnitKey(model, seed, 0), row, per_case, np.eye(4), {})
+    comparison = run.finish().set_index("model")
+    saved = pd.read_csv(run / COMPARISON_CSV).set_index("model")
+    for column in ("test_dice_mean_ci_low", "test_dice_mean_ci_high", "pareto_params", "pareto_flops"):
+        assert column in saved.columns, column
+    assert (saved["test_dice_mean_ci_low"] < saved["test_dice_mean_ci_high"]).all()
+    assert saved["pareto_params"].tolist() == [True, True, True]  # more parameters, more Dice
+    assert saved["pareto_flops"].tolist() == [False, False, True]  # unet3d_m: best Dice at fewest FLOPs
+    assert "pareto_latency" not in saved.columns, "latency never measured"
+    assert comparison.loc["unet3d_m", "n_runs"] == 2
+    tests = pd.read_csv(run / STATISTICS_CSV)
+    assert list(tests.columns) == TEST_COLUMNS and set(tests["reference_model"]) == {"unet3d_m"}
+    assert set(tests["model"]) == {"unet3d_xs", "unet3d_s"} and (tests["n_cases"] == 8).all()
+    assert tests.loc[tests.metric == "dice_mean", "p_value"].notna().all()
+    assert {"dice_mean", "dice_wt", "hd95_et", "nsd_et"} <= set(tests["metric"])
+    ranking = pd.read_csv(run / RANKING_CSV)
+    assert list(ranking.columns) == RANKING_COLUMNS and len(ranking) == 3
 
 
 def test_rewriting_a_unit_replaces_its_rows(tmp_path):

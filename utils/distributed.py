@@ -117,6 +117,19 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> None:
+    """Overwrite every parameter and buffer of ``module`` with rank ``src``'s, in place.
+
+    DDP keeps parameters equal, but buffers (BatchNorm running statistics) are updated by each
+    rank's own forward passes after DDP's buffer broadcast; evaluating on every rank with rank
+    ``src``'s state makes the figures those of the checkpoint rank ``src`` writes."""
+    if not _active():
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=src)
+
+
 def any_rank_true(flag: bool, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on at least one rank."""
     if not _active():
