@@ -11,7 +11,7 @@ Typical use::
     train = PatchDataset(cache, splits["folds"][0]["train"], ("t1ce", "flair"), (128, 128, 128), 250)
 
 Axis order is (Z, Y, X) everywhere (nibabel arrays transposed with ``.transpose(2, 1, 0)``), labels
-are model classes 0..3 (BraTS 4 -> 3), and ``--max_samples N`` keeps the first N cases in sorted
+are model classes 0..3 (BraTS 4 -> 3; MSD / nnU-Net labels mapped by their dataset.json names), and ``--max_samples N`` keeps the first N cases in sorted
 case-id order.
 """
 
@@ -27,6 +27,7 @@ from brats_data.cases import (
     normalize_modality,
     validate_case,
 )
+from brats_data.dataset_json import DatasetJsonError
 from brats_data.datasets import PatchDataset, SliceDataset, modality_indices
 from brats_data.splits import make_splits
 from brats_data.synthetic import generate_synthetic_dataset
@@ -37,6 +38,7 @@ __all__ = [
     "MODALITIES",
     "BadCaseError",
     "CaseRecord",
+    "DatasetJsonError",
     "PatchDataset",
     "PreprocessedCache",
     "SliceDataset",

@@ -6,6 +6,8 @@ with ``.transpose(2, 1, 0)`` and the voxel spacing is the header zooms reversed.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +16,9 @@ import numpy as np
 
 from utils.labels import MODALITIES
 
-DATASET_VERSIONS: tuple[str, ...] = ("brats2018", "brats2021", "brats2023", "synthetic")
+from .dataset_json import DATASET_JSON, DatasetJsonError, DatasetSpec, parse_dataset_json  # noqa: F401 (re-export)
+
+DATASET_VERSIONS: tuple[str, ...] = ("brats2018", "brats2021", "brats2023", "synthetic", "msd", "nnunet")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 AFFINE_TOLERANCE = 1e-3
 CLIP_PERCENTILES: tuple[float, float] = (0.5, 99.5)
@@ -62,7 +66,14 @@ VERSION_ROOTS: dict[str, tuple[str, str]] = {
     "brats2021": ("BRATS2021/BraTS2021_Training_Data", "brats2021"),
     "brats2023": ("BRATS2023/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", "brats2023"),
     "synthetic": ("BRATS_SYNTHETIC/BraTS2021_Training_Data", "brats2021"),
+    # dataset.json layouts: the layout name of a case also spells the dataset's label map (see dataset_layout)
+    "msd": ("Task01_BrainTumour", "msd"),
+    "nnunet": ("", "nnunet"),
 }
+# versions whose channels and labels are read from {dataset_root}/dataset.json
+DATASET_JSON_VERSIONS: tuple[str, ...] = ("msd", "nnunet")
+MSD_TASK = "Task01_BrainTumour"
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
 class BadCaseError(ValueError):
@@ -90,6 +101,7 @@ class CaseRecord:
     image_paths: dict[str, Path]
     label_path: Path
     layout: str
+    channels: dict[str, int] | None = None  # modality -> index in the 4th axis of its (4D) file; None: 3D files
 
     def files(self) -> list[Path]:
         """The four modality files in canonical order, then the segmentation."""
@@ -101,15 +113,53 @@ def _check_version(dataset_version: str) -> None:
         raise ValueError(f"Unknown dataset_version {dataset_version!r}; valid: {', '.join(DATASET_VERSIONS)}")
 
 
+def dataset_layout(kind: str, spec: DatasetSpec) -> str:
+    """Layout name of a dataset.json dataset: ``"{kind}:{value}>{class},..."``, plus ``":ch={i},..."`` (the
+    channel of t1, t1ce, t2, flair) for MSD's 4D images, e.g. ``"msd:0>0,1>2,2>1,3>3:ch=1,2,3,0"``.
+
+    The name carries the label map, so :func:`map_labels` / :func:`unmap_labels` work from it alone (in the
+    cache's ``meta.json`` too), and the cache key changes when the dataset.json does."""
+    name = f"{kind}:" + ",".join(f"{v}>{c}" for v, c in sorted(spec.label_map.items()))
+    if kind == "msd":
+        name += ":ch=" + ",".join(str(spec.channels[m]) for m in MODALITIES)
+    return name
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_layout(layout: str) -> Layout | None:
+    kind, _, rest = layout.partition(":")
+    if kind not in DATASET_JSON_VERSIONS or not rest:
+        return None
+    try:
+        pairs = [p.split(">") for p in rest.split(":")[0].split(",")]
+        label_map = {int(v): int(c) for v, c in pairs}
+    except ValueError:
+        return None
+    if not label_map or any(not 0 <= c <= 3 for c in label_map.values()) or min(label_map) < 0:
+        return None
+    return Layout(layout, ("",), "_", {}, "", frozenset(label_map), label_map)
+
+
 def _check_layout(layout: str) -> Layout:
-    if layout not in LAYOUTS:
-        raise ValueError(f"Unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}")
-    return LAYOUTS[layout]
+    if layout in LAYOUTS:
+        return LAYOUTS[layout]
+    parsed = _parse_layout(layout) if isinstance(layout, str) else None
+    if parsed is None:
+        raise ValueError(f"Unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}, or msd:/nnunet:<label map>")
+    return parsed
 
 
 def dataset_root(data_path: str | Path, dataset_version: str) -> Path:
-    """Folder below ``data_path`` that holds the case folders (or the HGG/LGG groups) of a version."""
+    """Folder below ``data_path`` that holds the case folders (or the HGG/LGG groups) of a version.
+
+    ``msd``: ``{data_path}/Task01_BrainTumour``, or ``data_path`` itself when it is that folder (holds a
+    dataset.json and no Task01_BrainTumour); ``nnunet``: ``data_path`` itself (``{nnUNet_raw}/DatasetXXX_Name``).
+    """
     _check_version(dataset_version)
+    if dataset_version == "msd":
+        path = Path(data_path)
+        if not (path / MSD_TASK).is_dir() and (path.name == MSD_TASK or (path / DATASET_JSON).is_file()):
+            return path
     return Path(data_path) / VERSION_ROOTS[dataset_version][0]
 
 
@@ -142,6 +192,15 @@ def discover_cases(data_path: str | Path, dataset_version: str, max_samples: int
     root = dataset_root(data_path, dataset_version)
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be a positive integer or None, got {max_samples}")
+    if dataset_version in DATASET_JSON_VERSIONS:
+        if not (root / DATASET_JSON).is_file() and not (root / "imagesTr").is_dir():
+            raise FileNotFoundError(f"No {dataset_version} cases found in {root} (expected {root / DATASET_JSON} "
+                                    f"and {root / 'imagesTr'}; {_EXPECTED[dataset_version]})")
+        records = dataset_json_cases(root, dataset_version)
+        if not records:
+            raise FileNotFoundError(f"No {dataset_version} cases found in {root / 'imagesTr'} "
+                                    f"({_EXPECTED[dataset_version]})")
+        return records[:max_samples] if max_samples is not None else records
     layout = LAYOUTS[VERSION_ROOTS[dataset_version][1]]
     folders = [
         child
@@ -163,17 +222,100 @@ def discover_cases(data_path: str | Path, dataset_version: str, max_samples: int
     return records[:max_samples] if max_samples is not None else records
 
 
+_EXPECTED = {
+    "msd": "imagesTr/<case>.nii.gz 4D, labelsTr/<case>.nii.gz, channels and labels named in dataset.json",
+    "nnunet": "imagesTr/<case>_0000.nii.gz ... _0003, labelsTr/<case>.nii.gz, channels and labels named in "
+              "dataset.json",
+}
+
+
+def _is_image_file(path: Path, ending: str) -> bool:
+    return path.is_file() and path.name.endswith(ending) and not path.name.startswith(".")  # macOS ._* too
+
+
+def dataset_json_cases(root: str | Path, kind: str, images_dir: str = "imagesTr",
+                       labels_dir: str = "labelsTr") -> list[CaseRecord]:
+    """The cases of an MSD (``kind="msd"``) or nnU-Net raw (``"nnunet"``) dataset folder, sorted by case id.
+
+    MSD: ``{images_dir}/{case}.nii.gz`` (4D; all four modalities map to that file, ``channels`` gives each
+    one's index) and ``{labels_dir}/{case}.nii.gz``. nnU-Net: ``{images_dir}/{case}_{XXXX}{file_ending}``
+    (one file per channel) and ``{labels_dir}/{case}{file_ending}``. Channel files missing for a case are
+    reported by :func:`validate_case`. Hidden and macOS ``._*`` files are ignored.
+
+    Raises:
+        DatasetJsonError: dataset.json missing or not mappable (a ``ValueError``).
+    """
+    root = Path(root)
+    spec = parse_dataset_json(root)
+    layout = dataset_layout(kind, spec)
+    images, labels = root / images_dir, root / labels_dir
+    if not images.is_dir():
+        return []
+    records = []
+    if kind == "msd":
+        endings = (spec.file_ending,) if spec.file_ending != ".nii.gz" else NIFTI_EXTENSIONS
+        for path in sorted(images.iterdir()):
+            ending = next((e for e in endings if _is_image_file(path, e)), None)
+            if ending is None:
+                continue
+            case_id = path.name[: -len(ending)]
+            label = next((labels / f"{case_id}{e}" for e in NIFTI_EXTENSIONS if (labels / f"{case_id}{e}").is_file()),
+                         labels / f"{case_id}{ending}")
+            records.append(CaseRecord(case_id, dict.fromkeys(MODALITIES, path), label, layout, dict(spec.channels)))
+    else:
+        ending = spec.file_ending
+        ids = sorted({m["case"] for p in images.iterdir() if _is_image_file(p, ending)
+                      if (m := _CHANNEL_FILE.match(p.name[: -len(ending)]))})
+        for case_id in ids:
+            paths = {m: images / f"{case_id}_{spec.channels[m]:04d}{ending}" for m in MODALITIES}
+            records.append(CaseRecord(case_id, paths, labels / f"{case_id}{ending}", layout))
+    return records
+
+
+def find_dataset_folder_cases(folder: str | Path) -> list[CaseRecord] | None:
+    """The cases of an MSD or nnU-Net dataset folder (one holding dataset.json): those of ``imagesTs`` when it
+    holds images, else of ``imagesTr``; or of an ``images*`` folder whose parent holds dataset.json. The kind
+    is told by the file names (``{case}_XXXX`` files: nnU-Net; otherwise MSD's 4D files). ``None`` if
+    ``folder`` is neither."""
+    folder = Path(folder)
+    if (folder / DATASET_JSON).is_file():
+        root = folder
+        has = [d for d in ("imagesTs", "imagesTr") if (folder / d).is_dir() and any(
+            _is_image_file(p, ".nii") or _is_image_file(p, ".nii.gz") for p in (folder / d).iterdir())]
+        if not has:
+            return None
+        images = has[0]
+    elif folder.name.startswith("images") and (folder.parent / DATASET_JSON).is_file():
+        root, images = folder.parent, folder.name
+    else:
+        return None
+    names = [p.name for p in (root / images).iterdir() if _is_image_file(p, ".nii") or _is_image_file(p, ".nii.gz")]
+    stems = [n.removesuffix(".gz").removesuffix(".nii") for n in names]
+    kind = "nnunet" if stems and all(_CHANNEL_FILE.match(s) for s in stems) else "msd"
+    return dataset_json_cases(root, kind, images, images.replace("images", "labels", 1))
+
+
+def _is_channel_file(case: CaseRecord, path: Path) -> bool:
+    return bool(case.channels) and path != case.label_path and path in case.image_paths.values()
+
+
 def _open_header(case: CaseRecord, path: Path) -> nib.Nifti1Image:
     if not path.is_file():
         name = next((m for m, p in case.image_paths.items() if p == path), "seg")
-        kind = "segmentation" if path == case.label_path else f"modality {name!r}"
+        kind = ("segmentation" if path == case.label_path else
+                "image (all four modalities)" if _is_channel_file(case, path) else f"modality {name!r}")
         raise BadCaseError(case.case_id, path, f"missing {kind} (expected this .nii.gz or .nii file)")
     try:
         img = nib.load(str(path))
         shape, _ = img.shape, img.affine
     except Exception as exc:  # nibabel raises many types for corrupt headers
         raise BadCaseError(case.case_id, path, f"unreadable NIfTI header: {exc}") from exc
-    if len(shape) != 3:
+    if _is_channel_file(case, path):
+        needed = 1 + max(c for m, c in case.channels.items() if case.image_paths[m] == path)
+        if len(shape) != 4 or shape[3] < needed:
+            raise BadCaseError(case.case_id, path, f"expected a 4D image with at least {needed} channels "
+                                                   f"(dataset.json), got shape {tuple(shape)}")
+    elif len(shape) != 3:
         raise BadCaseError(case.case_id, path, f"expected a 3D volume, got shape {tuple(shape)}")
     return img
 
@@ -190,11 +332,11 @@ def validate_case(case: CaseRecord, *, full: bool = False) -> None:
     _check_layout(case.layout)
     reference_path = case.image_paths[MODALITIES[0]]
     reference = _open_header(case, reference_path)
-    for path in case.files()[1:]:
+    for path in list(dict.fromkeys(case.files()))[1:]:
         img = _open_header(case, path)
-        if img.shape != reference.shape:
+        if img.shape[:3] != reference.shape[:3]:
             raise BadCaseError(case.case_id, path,
-                               f"shape {img.shape} differs from {reference.shape} of {reference_path.name}")
+                               f"shape {img.shape[:3]} differs from {reference.shape[:3]} of {reference_path.name}")
         if not np.allclose(img.affine, reference.affine, rtol=0.0, atol=AFFINE_TOLERANCE):
             raise BadCaseError(case.case_id, path,
                                f"affine differs from that of {reference_path.name} (tolerance {AFFINE_TOLERANCE})")
@@ -267,7 +409,20 @@ def _read_volume(case: CaseRecord, path: Path) -> tuple[np.ndarray, nib.Nifti1Im
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # EOFError, zlib.error, OSError, ValueError for truncated files
         raise BadCaseError(case.case_id, path, f"unreadable or truncated NIfTI data: {exc}") from exc
-    return data.transpose(2, 1, 0), img
+    return data.transpose(2, 1, 0, *range(3, data.ndim)), img
+
+
+def _modality_volumes(case: CaseRecord):
+    """(modality, path, (Z, Y, X) array, image) in canonical order; a 4D file is read once, its channels taken."""
+    read: dict[Path, tuple[np.ndarray, nib.Nifti1Image]] = {}
+    for modality in MODALITIES:
+        path = case.image_paths[modality]
+        if path not in read:
+            read[path] = _read_volume(case, path)
+        data, img = read[path]
+        if case.channels:
+            data = data[..., case.channels[modality]]
+        yield modality, path, data, img
 
 
 def read_case(case: CaseRecord) -> RawCase:
@@ -280,9 +435,7 @@ def read_case(case: CaseRecord) -> RawCase:
     validate_case(case)
     images = []
     affine = None
-    for modality in MODALITIES:
-        path = case.image_paths[modality]
-        data, img = _read_volume(case, path)
+    for modality, path, data, img in _modality_volumes(case):
         data = data.astype(np.float32)
         if not np.all(np.isfinite(data)):
             raise BadCaseError(case.case_id, path, f"modality {modality!r} contains NaN or inf voxels")
@@ -308,7 +461,7 @@ def unmap_labels(classes: np.ndarray, layout: str) -> np.ndarray:
     """Model classes 0..3 -> the layout's BraTS labels as uint8 (3 -> 4 for 2018/2021; 2023 unchanged):
     the inverse of :func:`map_labels`, for writing predictions in the dataset's convention."""
     spec = _check_layout(layout)
-    inverse = {spec.label_map.get(label, label): label for label in spec.labels}
+    inverse = {spec.label_map.get(label, label): label for label in sorted(spec.labels, reverse=True)}
     lut = np.zeros(max(inverse) + 1, dtype=np.uint8)
     for cls, label in inverse.items():
         lut[cls] = label
@@ -334,10 +487,8 @@ def read_images(case: CaseRecord) -> RawCase:
     reference_path = case.image_paths[MODALITIES[0]]
     reference = _open_header(case, reference_path)
     images = []
-    for modality in MODALITIES:
-        path = case.image_paths[modality]
-        data, img = _read_volume(case, path)
-        if img.shape != reference.shape or not np.allclose(img.affine, reference.affine, rtol=0.0,
+    for modality, path, data, img in _modality_volumes(case):
+        if img.shape[:3] != reference.shape[:3] or not np.allclose(img.affine, reference.affine, rtol=0.0,
                                                            atol=AFFINE_TOLERANCE):
             raise BadCaseError(case.case_id, path, f"shape or affine differs from that of {reference_path.name}")
         if not np.all(np.isfinite(data := data.astype(np.float32))):

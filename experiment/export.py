@@ -5,7 +5,8 @@
   ``brats_data`` functions), sliding-window inference with the run's settings, the softmax averaged
   over the chosen best checkpoints (and, with ``tta``, over every mirrored input), argmax, the crop put
   back into the original grid, and the labels of the case's layout (ET = 4 for BraTS 2018/2021, 3 for
-  2023), written with the grid, affine and header of the case's T1 file, as uint8.
+  2023; an MSD or nnU-Net dataset folder's own label values, from its dataset.json), written with the grid,
+  affine and header of the case's T1 file (MSD: its 4D image, spatial axes only), as uint8.
 - :func:`export_run_predictions` (``evaluate_experiment.py --export_predictions``): the test cases of
   every best checkpoint of a run, from the run's cache, as ``RUN/predictions/{unit}/{case_id}.nii.gz``,
   and their ground truth, copied from the source files, as ``RUN/predictions/references/{case_id}.nii.gz``.
@@ -42,7 +43,16 @@ from tqdm.auto import tqdm
 
 import data_loader as dl
 from brats_data.cache import PREPROCESSING, crop_box
-from brats_data.cases import NIFTI_EXTENSIONS, VERSION_ROOTS, CaseRecord, find_case, read_images, unmap_labels
+from brats_data.cases import (
+    LAYOUTS,
+    NIFTI_EXTENSIONS,
+    VERSION_ROOTS,
+    CaseRecord,
+    find_case,
+    find_dataset_folder_cases,
+    read_images,
+    unmap_labels,
+)
 from experiment.config import ExperimentConfig, load_run_config, unit_name
 from experiment.data import open_prepared_cache
 from experiment.evaluation import SLICES_PER_FORWARD, cosine_weight_map, sliding_window_predict
@@ -308,6 +318,9 @@ def _has_nifti(folder: Path) -> bool:
 
 
 def _cases_in(folder: Path, prefer: str | None, depth: int) -> list[CaseRecord]:
+    dataset_cases = find_dataset_folder_cases(folder)  # MSD / nnU-Net folder (dataset.json), or its images*
+    if dataset_cases is not None:
+        return dataset_cases
     case = find_case(folder, prefer)
     if case is not None:
         return [case]
@@ -322,7 +335,9 @@ def _cases_in(folder: Path, prefer: str | None, depth: int) -> list[CaseRecord]:
 
 def find_input_cases(input_dir: str | Path, prefer: str | None = None) -> list[CaseRecord]:
     """The cases of ``input_dir``: a case folder, or a folder of case folders (or of group folders of case
-    folders, e.g. BraTS 2018's HGG/LGG), in any supported layout (``prefer`` tried first), sorted by id."""
+    folders, e.g. BraTS 2018's HGG/LGG), in any supported layout (``prefer`` tried first), sorted by id. An MSD or
+    nnU-Net dataset folder (holding dataset.json) gives the cases of its ``imagesTs`` (else ``imagesTr``), its
+    ``images*`` folder those of that folder; their labels are written back in the dataset.json's numbering."""
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input folder not found: {root}")
@@ -437,6 +452,9 @@ for unit, cases in job["units"].items():
 def official_config(layout: str) -> str:
     """The evaluation configuration for a layout's labels: the package's GLI config when ET is 3 (BraTS
     2023), else the project's copy of it with ET = 4 (``configs/brats_evaluation_gli_et4.yaml``)."""
+    if layout not in LAYOUTS:
+        raise OfficialEvaluationError(f"the official BraTS evaluation needs BraTS labels (1 NCR, 2 ED, 3/4 ET); "
+                                      f"layout {layout!r} (an MSD or nnU-Net dataset) has its own numbering")
     return "gli" if int(unmap_labels(np.array([3]), layout)[0]) == 3 else str(ET4_CONFIG)
 
 

@@ -79,7 +79,7 @@ def test_plain_nii_accepted_and_max_samples(tmp_path: Path) -> None:
 def test_wrong_version_and_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="brats2018, brats2021, brats2023, synthetic"):
         discover_cases(tmp_path, "brats2020")
-    assert DATASET_VERSIONS == ("brats2018", "brats2021", "brats2023", "synthetic")
+    assert DATASET_VERSIONS == ("brats2018", "brats2021", "brats2023", "synthetic", "msd", "nnunet")
     with pytest.raises(FileNotFoundError) as info:
         discover_cases(tmp_path, "brats2021")
     message = str(info.value)
