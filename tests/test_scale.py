@@ -24,6 +24,7 @@ from brats_data.splits import make_splits, patient_id, read_patient_map, stratif
 from experiment.config import ExperimentConfig
 from experiment.data import training_budget
 from experiment.training import UnitTrainer
+from utils.experiment_utils import get_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (48, 48, 40)
@@ -226,3 +227,19 @@ def test_val_every_validates_every_kth_and_the_last_epoch(data_root, tmp_path):
     assert epochs["val_dice_mean"].notna().tolist() == [False, True, True]
     best = pd.read_csv(run / "integrated_experiment_results.csv")["best_epoch"].item()
     assert best in (1, 2)
+
+
+def test_batchnorm_becomes_syncbatchnorm_under_torchrun_on_gpus_only():
+    """The conversion the trainer makes before wrapping in DDP (torch's SyncBatchNorm has no CPU kernel,
+    so a gloo run keeps per-rank statistics; rank 0's are broadcast before each validation)."""
+    from types import SimpleNamespace
+
+    def converted(distributed: bool, device: str, sync_bn: bool = True) -> bool:
+        trainer = UnitTrainer.__new__(UnitTrainer)
+        trainer.ctx, trainer.device, trainer.unit = SimpleNamespace(distributed=distributed), torch.device(device), "u"
+        trainer.cfg = ExperimentConfig(dim="3d", sync_bn=sync_bn)
+        model = trainer._sync_batchnorm(get_model("dualbranch_04_unet_xs", "3d", (32, 32, 32)))
+        return any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+
+    assert converted(True, "cuda")
+    assert not converted(True, "cuda", sync_bn=False) and not converted(True, "cpu") and not converted(False, "cuda")
