@@ -28,6 +28,7 @@ class DataError(RuntimeError):
 
 
 POLL_SECONDS = 2.0
+STALE_SECONDS = 300.0  # tolerance for clocks of nodes and a shared file system that disagree
 
 
 def case_grade(case: Any) -> str | None:
@@ -90,7 +91,8 @@ def prepare_data(cfg: ExperimentConfig, ctx: du.DistContext) -> tuple[Any, list[
         if ctx.distributed:
             write_json(status, {"status": "ok", "skipped": skipped})
     else:
-        while not status.is_file():
+        started = time.time() - STALE_SECONDS  # a status file left by an older job with the same id is ignored
+        while not (status.is_file() and status.stat().st_mtime >= started):
             time.sleep(POLL_SECONDS)
         outcome = read_json(status)
         if outcome["status"] == "error":

@@ -243,3 +243,28 @@ def test_batchnorm_becomes_syncbatchnorm_under_torchrun_on_gpus_only():
 
     assert converted(True, "cuda")
     assert not converted(True, "cuda", sync_bn=False) and not converted(True, "cpu") and not converted(False, "cuda")
+
+
+def test_waiting_ranks_read_rank0s_status_not_a_stale_one(data_root, monkeypatch):
+    """Other ranks wait on the file system for rank 0's build; a status file an older job left is ignored."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from experiment import data
+    from utils.io import write_json
+
+    cfg = ExperimentConfig(dataset_version="synthetic", data_path=str(data_root), synthetic_cases=10,
+                           synthetic_shape=list(SHAPE), synthetic_difficulty="easy", cache_dir=str(data_root / "cache"),
+                           dim="3d", device="cpu")
+    data.prepare_data(cfg, SimpleNamespace(is_main=True, distributed=False))  # the cache exists
+    status = data._status_file(cfg)
+    write_json(status, {"status": "error", "message": "an older job's failure"})
+    os.utime(status, (time.time() - 3600,) * 2)
+    monkeypatch.setattr(data, "POLL_SECONDS", 0.05)
+    timer = threading.Timer(0.5, lambda: write_json(status, {"status": "ok", "skipped": []}))
+    timer.start()
+    cache, skipped = data.prepare_data(cfg, SimpleNamespace(is_main=False, distributed=True))
+    timer.join()
+    assert skipped == [] and len(cache.case_ids) == 10
+    status.unlink()
