@@ -69,6 +69,14 @@ def _subsample(points: np.ndarray, limit: int) -> np.ndarray:
     return points[np.linspace(0, len(points) - 1, limit).round().astype(np.int64)]
 
 
+def preprocess_image(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    """The cache's preprocessing of one case's image (4, Z, Y, X): cropped to :func:`crop_box`, each
+    modality normalised (:func:`normalize_modality`), stored as float16; returns it and the box.
+    Used by the cache and by prediction of new cases, so both see the same input."""
+    box = crop_box(image, label)
+    return np.stack([normalize_modality(volume[box]) for volume in image]).astype(np.float16), box
+
+
 def build_case(case: CaseRecord, cache_dir: str | Path) -> None:
     """Preprocess one case into ``{cache_dir}/{case_id}`` (temporary folder, then atomic rename).
 
@@ -78,8 +86,7 @@ def build_case(case: CaseRecord, cache_dir: str | Path) -> None:
     cache_dir = Path(cache_dir)
     key = case_key(case)
     raw = read_case(case)
-    box = crop_box(raw.image, raw.label)
-    image = np.stack([normalize_modality(volume[box]) for volume in raw.image]).astype(np.float16)
+    image, box = preprocess_image(raw.image, raw.label)
     label = np.ascontiguousarray(raw.label[box])
     foreground = _subsample(np.argwhere(label > 0).astype(np.int32), MAX_FOREGROUND_POINTS)
     meta = {

@@ -119,16 +119,21 @@ def read_dataset_json(root: str | Path) -> dict:
     return data
 
 
+def _integer(value: object, message: str) -> int:
+    """``int(value)``, or DatasetJsonError(message) when it is not an integer."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DatasetJsonError(message) from None
+
+
 def _channels(data: dict, path: Path) -> dict[str, int]:
     entry = data.get("channel_names", data.get("modality"))
     if not isinstance(entry, dict) or not entry:
         raise DatasetJsonError(f"{path}: no \"channel_names\" (or \"modality\") entry naming the four channels")
     channels: dict[str, int] = {}
     for index, name in entry.items():
-        try:
-            idx = int(index)
-        except (TypeError, ValueError):
-            raise DatasetJsonError(f"{path}: channel index {index!r} is not an integer") from None
+        idx = _integer(index, f"{path}: channel index {index!r} is not an integer")
         modality = modality_of(name)
         if modality is None:
             raise DatasetJsonError(
@@ -157,10 +162,7 @@ def _labels(data: dict, path: Path) -> tuple[dict[int, int], bool]:
         membership: dict[int, set[str]] = {}
         for name, values in pairs:
             values = list(values) if isinstance(values, (list, tuple)) else [values]
-            try:
-                values = [int(v) for v in values]
-            except (TypeError, ValueError):
-                raise DatasetJsonError(f"{path}: label {name!r} has non-integer values {values}") from None
+            values = [_integer(v, f"{path}: label {name!r} has non-integer values {values}") for v in values]
             if values == [0] or label_class(name) == 0:
                 label_map[0] = 0
                 continue
@@ -179,10 +181,7 @@ def _labels(data: dict, path: Path) -> tuple[dict[int, int], bool]:
             label_map[value] = cls
     else:
         for name, value in pairs:
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise DatasetJsonError(f"{path}: label {name!r} has a non-integer value {value!r}") from None
+            value = _integer(value, f"{path}: label {name!r} has a non-integer value {value!r}")
             cls = label_class(name)
             if cls is None:
                 raise DatasetJsonError(

@@ -223,7 +223,7 @@ def measure_efficiency(model_name: str, cfg: Any, device: torch.device) -> tuple
     model = get_model(model_name, cfg.dim, cfg.spatial_patch)
     values["params"] = count_parameters(model)
     deployed, n_fused = inference_copy(model)
-    if getattr(cfg, "grad_checkpoint", False):  # the training PAM of the run as configured
+    if cfg.grad_checkpoint:  # the training PAM of the run as configured
         from experiment.training import enable_grad_checkpoint
 
         notes.append(f"PAM with activation checkpointing ({enable_grad_checkpoint(model)})")

@@ -77,24 +77,28 @@ def sliding_window_predict(
     return logits
 
 
+def volume_logits(model: nn.Module, x: torch.Tensor, dim: str, patch: Sequence[int], overlap: float,
+                  sw_batch_size: int, amp: str, weight_map: torch.Tensor) -> torch.Tensor:
+    """Logits (K, Z, Y, X) of a volume ``x`` (C, Z, Y, X) already on the device: 3D sliding window, or 2D
+    windows over batches of axial slices (at least :data:`SLICES_PER_FORWARD` slices at once)."""
+    if dim == "3d":
+        return sliding_window_predict(model, x[None], patch, overlap, sw_batch_size, amp, weight_map)[0]
+    slices, chunk = x.permute(1, 0, 2, 3), max(SLICES_PER_FORWARD, sw_batch_size)  # (Z, C, Y, X)
+    out = [sliding_window_predict(model, slices[s:s + chunk], patch, overlap, sw_batch_size, amp, weight_map)
+           for s in range(0, slices.shape[0], chunk)]
+    return torch.cat(out).permute(1, 0, 2, 3)
+
+
 def predict_volume(
     model: nn.Module, image: np.ndarray, dim: str, patch: Sequence[int], overlap: float, device: torch.device,
     amp: str = "none", sw_batch_size: int = 2, weight_map: torch.Tensor | None = None,
 ) -> np.ndarray:
-    """Label map (Z, Y, X) for a whole volume ``image`` (C, Z, Y, X): 3D sliding window, or 2D slice by slice."""
+    """Label map (Z, Y, X) for a whole volume ``image`` (C, Z, Y, X): the argmax of :func:`volume_logits`."""
     model.eval()
     weight_map = cosine_weight_map(patch).to(device) if weight_map is None else weight_map
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-    if dim == "3d":
-        logits = sliding_window_predict(model, x[None], patch, overlap, sw_batch_size, amp, weight_map)
-        return logits[0].argmax(0).to(torch.uint8).cpu().numpy()
-    slices = x.permute(1, 0, 2, 3)  # (Z, C, Y, X): axial slices as a batch
-    out, chunk = [], max(SLICES_PER_FORWARD, sw_batch_size)
-    for start in range(0, slices.shape[0], chunk):
-        batch = slices[start:start + chunk]
-        logits = sliding_window_predict(model, batch, patch, overlap, sw_batch_size, amp, weight_map)
-        out.append(logits.argmax(1).to(torch.uint8).cpu())
-    return torch.cat(out).numpy()
+    logits = volume_logits(model, x, dim, patch, overlap, sw_batch_size, amp, weight_map)
+    return logits.argmax(0).to(torch.uint8).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- sharding
@@ -229,4 +233,4 @@ def evaluate_checkpoint(checkpoint: Mapping[str, Any], cfg: Any, cache: Any, cas
                           patch=cfg.spatial_patch, overlap=cfg.overlap, device=device,
                           amp=cfg.resolved_amp(device), sw_batch_size=cfg.resolved_sw_batch_size(),
                           keep_first_prediction=keep_first_prediction, desc=desc or f"test {name}",
-                          compile=getattr(cfg, "compile", False), nsd_tolerance=getattr(cfg, "nsd_tolerance", 1.0))
+                          compile=cfg.compile, nsd_tolerance=cfg.nsd_tolerance)

@@ -42,7 +42,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 import data_loader as dl
-from brats_data.cache import PREPROCESSING, crop_box
+from brats_data.cache import preprocess_image
 from brats_data.cases import (
     LAYOUTS,
     NIFTI_EXTENSIONS,
@@ -53,9 +53,10 @@ from brats_data.cases import (
     read_images,
     unmap_labels,
 )
+from experiment import evaluation
 from experiment.config import ExperimentConfig, load_run_config, unit_name
 from experiment.data import open_prepared_cache
-from experiment.evaluation import SLICES_PER_FORWARD, cosine_weight_map, sliding_window_predict
+from experiment.evaluation import cosine_weight_map
 from experiment.run_folder import (
     OFFICIAL_METRICS_CSV,
     PREDICTIONS_DIR,
@@ -199,15 +200,9 @@ class Inference:
 
 
 def volume_logits(model: nn.Module, x: torch.Tensor, inf: Inference, weight_map: torch.Tensor) -> torch.Tensor:
-    """Logits (K, Z, Y, X) of a volume ``x`` (C, Z, Y, X): what :func:`predict_volume` takes the argmax of
-    (3D sliding window, or 2D windows over batches of axial slices)."""
-    if inf.dim == "3d":
-        return sliding_window_predict(model, x[None], inf.patch, inf.overlap, inf.sw_batch_size, inf.amp,
-                                      weight_map)[0]
-    slices, chunk = x.permute(1, 0, 2, 3), max(SLICES_PER_FORWARD, inf.sw_batch_size)
-    out = [sliding_window_predict(model, slices[s:s + chunk], inf.patch, inf.overlap, inf.sw_batch_size, inf.amp,
-                                  weight_map) for s in range(0, slices.shape[0], chunk)]
-    return torch.cat(out).permute(1, 0, 2, 3)
+    """Logits (K, Z, Y, X) of a volume ``x`` (C, Z, Y, X): evaluation's :func:`volume_logits` with ``inf``'s settings,
+    so predictions are made exactly as the run's test."""
+    return evaluation.volume_logits(model, x, inf.dim, inf.patch, inf.overlap, inf.sw_batch_size, inf.amp, weight_map)
 
 
 def mirror_axes(dim: str) -> list[tuple[int, ...]]:
@@ -249,8 +244,7 @@ def preprocess_case(case: CaseRecord) -> tuple[np.ndarray, tuple[slice, ...], tu
     The segmentation, if any, is not read: the box is the brain's (the cache also includes the tumour,
     which lies inside the brain in BraTS data)."""
     raw = read_images(case)
-    box = crop_box(raw.image, raw.label)
-    image = np.stack([dl.normalize_modality(volume[box]) for volume in raw.image]).astype(PREPROCESSING["image_dtype"])
+    image, box = preprocess_image(raw.image, raw.label)
     return image, box, raw.label.shape
 
 

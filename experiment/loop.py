@@ -215,7 +215,7 @@ def _write_unit(state: RunState, key: UnitKey, result: TrainResult, evaluation: 
             "image": np.asarray(state.cache.image(case_id)[dl.modality_indices(SLICE_MODALITIES)], np.float32),
             "label": np.asarray(state.cache.label(case_id)), "preds": {}, "modalities": SLICE_MODALITIES})
         slot["preds"][key.model] = pred
-    if getattr(state.cfg, "gradcam", False) and evaluation.first_prediction is not None:
+    if state.cfg.gradcam and evaluation.first_prediction is not None:
         _write_gradcam(state, key, result, evaluation.first_prediction[0])
     state.run.remove_last(key)
 

@@ -93,12 +93,8 @@ class NonFiniteLoss(FloatingPointError):
 
 
 # ----------------------------------------------------------------------------- state helpers
-def weights_fingerprint(model: nn.Module) -> str:
-    """A hash of every parameter and buffer's bytes: equal on all ranks when they hold the same state."""
-    return weights_fingerprint_of(unwrap_model(model).state_dict())
-
-
-def weights_fingerprint_of(state: dict[str, torch.Tensor]) -> str:
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A hash of every tensor's name and bytes in a state dict: equal on all ranks when they hold the same state."""
     h = hashlib.sha256()
     for name, tensor in sorted(state.items()):
         h.update(name.encode())
@@ -355,7 +351,7 @@ class UnitTrainer:
     def finish(self) -> TrainResult:
         """The best weights and the curves, after checking that every rank holds the very state rank 0
         checkpointed (the test runs sharded over the ranks with it); a difference fails the unit."""
-        fingerprint = weights_fingerprint_of(self.best.best_state)
+        fingerprint = weights_fingerprint(self.best.best_state)
         self.best.ranks_in_sync = len(set(du.all_gather_objects(fingerprint))) == 1
         self.best.steps_per_epoch = self.steps_per_epoch
         if not self.best.ranks_in_sync:
