@@ -9,7 +9,7 @@ Without options it writes ``RUN_DIR/evaluation_results.csv`` (one row per checkp
 cache and the same ``evaluate_checkpoint`` as the run, so the metrics equal the run's.
 ``--export_predictions`` writes ``RUN_DIR/predictions/{unit}/{case_id}.nii.gz`` and the ground truth
 ``RUN_DIR/predictions/references/{case_id}.nii.gz``; ``--official_eval`` scores those folders with the
-official package in its own environment into ``RUN_DIR/official_brats_metrics.csv`` (experiment/export.py).
+official package in its own environment into ``RUN_DIR/official_brats_metrics.csv`` (experiment/official_eval.py).
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ from pathlib import Path
 
 import pandas as pd
 
-import data_loader as dl
+from brats_data import BadCaseError
 from experiment.data import open_prepared_cache
 from experiment.evaluation import evaluate_checkpoint
-from experiment.export import (
+from experiment.export import export_run_predictions
+from experiment.official_eval import (
     DEFAULT_BRATS_EVAL_PYTHON,
     OfficialEvaluationError,
-    export_run_predictions,
-    open_run,
     run_official_evaluation,
-    run_test_units,
 )
 from experiment.run_folder import (
     EVALUATION_CSV,
@@ -41,22 +39,23 @@ from experiment.run_folder import (
 )
 from utils.checkpoint import CheckpointError
 from utils.distributed import resolve_device
+from utils.errors import first_line
 
 
 def evaluate_run(run_dir: str | Path, data_path: str | None = None, device: str = "auto",
                  cache_dir: str | None = None) -> pd.DataFrame:
     """Evaluate every ``*_best.pth`` of ``run_dir``; returns (and writes) the evaluation table."""
-    cfg = open_run(run_dir, data_path=data_path, cache_dir=cache_dir)
-    units = run_test_units(run_dir, cfg)
+    run, cfg = RunFolder.open(run_dir, data_path=data_path, cache_dir=cache_dir)
+    units = run.test_units()
     torch_device, cache = resolve_device(device), open_prepared_cache(cfg)
     rows, per_case = [], []
     for unit in units:
-        ckpt = unit.checkpoint
+        ckpt, key = unit.checkpoint, unit.key.as_dict()
         result = evaluate_checkpoint(ckpt, cfg, cache, unit.test_ids, torch_device, desc=f"evaluate {unit.path.name}")
-        rows.append({**unit.key, **result.summary(), "best_epoch": ckpt["epoch"],
+        rows.append({**key, **result.summary(), "best_epoch": ckpt["epoch"],
                      "best_val_dice": ckpt["best_val_dice"], "checkpoint": unit.path.name})
-        per_case += [{**unit.key, **r} for r in result.per_case]
-    return RunFolder(run_dir, cfg.use_5fold).write_evaluation(rows, per_case)
+        per_case += [{**key, **r} for r in result.per_case]
+    return run.write_evaluation(rows, per_case)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -83,13 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"written: {export_run_predictions(run, args.data_path, args.cache_dir, args.device)}")
         if args.official_eval:
             table = run_official_evaluation(run, args.brats_eval_python)
-            summary = [c for c in (f"{m}_{r}" for m in ("lesionwise_dsc_mean", "global_dsc") for r in ("wt", "tc", "et"))
-                       if c in table.columns]
+            names = (f"{m}_{r}" for m in ("lesionwise_dsc_mean", "global_dsc") for r in ("wt", "tc", "et"))
+            summary = [c for c in names if c in table.columns]
             with pd.option_context("display.width", 200, "display.max_columns", 12):
                 print(table.groupby(UNIT_COLUMNS)[summary].mean().to_string())
             print(f"written: {run / OFFICIAL_METRICS_CSV}")
-    except (dl.BadCaseError, CheckpointError, OfficialEvaluationError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+    except (BadCaseError, CheckpointError, OfficialEvaluationError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -18,9 +18,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import data_loader as dl
+from brats_data import BadCaseError
 from experiment.export import predict_folder
 from utils.checkpoint import CheckpointError
+from utils.errors import first_line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,8 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.run_dir, args.input, args.output, models=args.models, seeds=args.seeds, folds=args.folds,
             tta=args.tta, save_probabilities=args.save_probabilities, overlap=args.overlap,
             sw_batch_size=args.sw_batch_size, device=args.device, overwrite=args.overwrite)
-    except (dl.BadCaseError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0]}", file=sys.stderr)
+    except (BadCaseError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     print(summary.line())
     return 0

@@ -34,12 +34,13 @@ from monai.networks.nets import DynUNet  # noqa: E402
 from experiment.config import ExperimentConfig  # noqa: E402
 from experiment.data import build_train_loader, prepare_data  # noqa: E402
 from experiment.efficiency import count_flops, measure_efficiency  # noqa: E402
-from experiment.evaluation import cosine_weight_map, sliding_window_predict  # noqa: E402
+from experiment.predictor import cosine_weight_map, sliding_window_predict  # noqa: E402
 from experiment.run_folder import RunFolder, UnitKey  # noqa: E402
 from experiment.training import UnitTrainer  # noqa: E402
 from losses import make_loss  # noqa: E402
+from models import get_model  # noqa: E402
 from utils import distributed as du  # noqa: E402
-from utils.experiment_utils import autocast_context, get_model  # noqa: E402
+from utils.runtime import autocast_context  # noqa: E402
 
 TABLE_MODELS = ["unet3d_s", "unet3d_m", "swin_unetr", "dualbranch_01_unet_s", "dualbranch_14_convnext_s"]
 

@@ -40,7 +40,8 @@ PATCH = (128, 128, 128)
 MODALITIES = ("t1ce", "flair")
 
 
-def timed_rate(step: Callable[[int], object], min_samples: int, min_seconds: float, warmup: int) -> tuple[float, float, int]:
+def timed_rate(step: Callable[[int], object], min_samples: int, min_seconds: float,
+               warmup: int) -> tuple[float, float, int]:
     """Rates of ``step(i)`` after ``warmup`` calls, over >= min_samples calls and >= min_seconds.
 
     Returns (samples per wall-clock second, samples per CPU second of this process, samples).  The
@@ -110,7 +111,8 @@ def main() -> None:
         records = [{"image": [str(c.image_paths[m]) for m in MODALITIES], "label": str(c.label_path)} for c in cases]
         out = chain(records[0])[0]
         assert tuple(out["image"].shape) == (len(MODALITIES), *PATCH), out["image"].shape
-        nifti_wall, nifti_cpu, n_nifti = timed_rate(lambda i: chain(records[i % len(records)]), args.nifti_samples, 0, 0)
+        nifti_wall, nifti_cpu, n_nifti = timed_rate(lambda i: chain(records[i % len(records)]), args.nifti_samples,
+                                                    0, 0)
         print(f"MONAI NIfTI chain: {nifti_cpu:.2f} patches per CPU-s, {nifti_wall:.2f} per wall-s ({n_nifti} patches)")
 
     print(f"wall clock (cores shared with other processes: load average {os.getloadavg()[0]:.1f}): "

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data_loader as dl  # noqa: E402
 from experiment.evaluation import validation_dice  # noqa: E402
-from utils.experiment_utils import get_model  # noqa: E402
+from experiment.predictor import InferenceSettings, Predictor  # noqa: E402
+from models import get_model  # noqa: E402
 
 BRATS2021_CASES = 1251
 FULL_SHAPE = (240, 240, 155)  # X, Y, Z
@@ -81,8 +82,8 @@ def validation_seconds(cache, dim: str) -> float:
     patch = (128, 128, 128) if dim == "3d" else (128, 128)
     model = get_model("unet3d_xs", dim, patch)
     t0 = time.perf_counter()
-    validation_dice(model, cache, cache.case_ids[:1], ["t1ce", "flair"], dim=dim, patch=patch, overlap=0.1,
-                    device=torch.device("cpu"), sw_batch_size=4 if dim == "3d" else 64)
+    settings = InferenceSettings(dim, patch, overlap=0.1, sw_batch_size=4 if dim == "3d" else 64)
+    validation_dice(Predictor.from_model(model, ["t1ce", "flair"], settings), cache, cache.case_ids[:1])
     return time.perf_counter() - t0
 
 
@@ -105,7 +106,8 @@ def main() -> None:
               flush=True)
     cores = os.cpu_count() or 1
     print(f"projection for BraTS 2021 ({BRATS2021_CASES} cases): cache {BRATS2021_CASES * case_bytes / 2**30:.0f} GiB "
-          f"on disk; build {BRATS2021_CASES * build_s / 60:.0f} core-minutes ({BRATS2021_CASES * build_s / 60 / cores:.0f}"
+          f"on disk; build {BRATS2021_CASES * build_s / 60:.0f} core-minutes "
+          f"({BRATS2021_CASES * build_s / 60 / cores:.0f}"
           f" min on these {cores} cores, {BRATS2021_CASES * build_s / 60 / 16:.0f} min on 16); loader RSS "
           f"{rss:.0f} MiB per worker; validation of 125 cases on this CPU: 3D {125 * val3d / 60:.0f} min, "
           f"2D {125 * val2d / 60:.0f} min")

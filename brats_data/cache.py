@@ -24,7 +24,16 @@ from tqdm import tqdm
 
 from utils.labels import NUM_CLASSES
 
-from .cases import CLIP_PERCENTILES, BadCaseError, CaseRecord, normalize_modality, read_case, validate_case
+from .cases import (
+    CLIP_PERCENTILES,
+    BadCaseError,
+    CaseRecord,
+    check_unique_ids,
+    normalize_modality,
+    read_case,
+    read_images,
+    validate_case,
+)
 from .locking import file_lock
 
 CACHE_VERSION = 1  # part of every case's key: bump it when the preprocessing changes
@@ -75,6 +84,17 @@ def preprocess_image(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, 
     Used by the cache and by prediction of new cases, so both see the same input."""
     box = crop_box(image, label)
     return np.stack([normalize_modality(volume[box]) for volume in image]).astype(np.float16), box
+
+
+def preprocess_case(case: CaseRecord) -> tuple[np.ndarray, tuple[slice, ...], tuple[int, ...]]:
+    """A new case (no segmentation needed) as the cache stores one: the image (4, Z, Y, X) cropped to the
+    brain and normalised per modality (:func:`preprocess_image`), the crop box, the original (Z, Y, X) shape.
+
+    The segmentation, if any, is not read: the box is the brain's (the cache's also holds the tumour, which
+    lies inside the brain in BraTS data)."""
+    raw = read_images(case)
+    image, box = preprocess_image(raw.image, raw.label)
+    return image, box, raw.label.shape
 
 
 def build_case(case: CaseRecord, cache_dir: str | Path) -> None:
@@ -157,9 +177,8 @@ class PreprocessedCache:
 
     def __init__(self, cache_dir: str | Path, cases: Sequence[CaseRecord]):
         self.cache_dir = Path(cache_dir)
+        check_unique_ids([c.case_id for c in cases], self.cache_dir)
         self.cases = {c.case_id: c for c in sorted(cases, key=lambda c: c.case_id)}
-        if len(self.cases) != len(cases):
-            raise ValueError("cases contain duplicate case ids")
         self.errors: list[BadCaseError] = []
         self.built_case_ids: list[str] = []  # cases (re)built by the last build() of this object
 

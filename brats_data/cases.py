@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,14 @@ class CaseRecord:
     def files(self) -> list[Path]:
         """The four modality files in canonical order, then the segmentation."""
         return [self.image_paths[m] for m in MODALITIES] + [self.label_path]
+
+
+def check_unique_ids(ids: Sequence[str], where: str | Path) -> None:
+    """Raise ``ValueError`` naming every case id that appears more than once in ``ids`` (found in ``where``)."""
+    seen: set[str] = set()
+    duplicates = sorted({i for i in ids if i in seen or seen.add(i)})
+    if duplicates:
+        raise ValueError(f"duplicate case ids in {where}: {', '.join(duplicates)}")
 
 
 def _check_version(dataset_version: str) -> None:
@@ -215,10 +224,7 @@ def discover_cases(data_path: str | Path, dataset_version: str, max_samples: int
         raise FileNotFoundError(
             f"No {dataset_version} cases found in {root} (expected layout {layout.name}: {root / example})")
     records = sorted((_case_record(f, layout) for f in folders), key=lambda r: r.case_id)
-    ids = [r.case_id for r in records]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"Duplicate case ids in {root}: {', '.join(dup)}")
+    check_unique_ids([r.case_id for r in records], root)
     return records[:max_samples] if max_samples is not None else records
 
 
@@ -497,3 +503,40 @@ def read_images(case: CaseRecord) -> RawCase:
     spacing = tuple(float(z) for z in reference.header.get_zooms()[:3][::-1])
     return RawCase(np.stack(images), np.zeros(images[0].shape, dtype=np.uint8), spacing,
                    np.asarray(reference.affine, dtype=np.float64))
+
+
+def _has_nifti(folder: Path) -> bool:
+    return any(p.is_file() and p.name.endswith(NIFTI_EXTENSIONS) for p in folder.iterdir())
+
+
+def _cases_in(folder: Path, prefer: str | None, depth: int) -> list[CaseRecord]:
+    dataset_cases = find_dataset_folder_cases(folder)  # MSD / nnU-Net folder (dataset.json), or its images*
+    if dataset_cases is not None:
+        return dataset_cases
+    case = find_case(folder, prefer)
+    if case is not None:
+        return [case]
+    if _has_nifti(folder):
+        raise BadCaseError(folder.name, folder, "its NIfTI files fit no BraTS layout: the four modalities are "
+                           "needed ({case}_{t1,t1ce,t2,flair}.nii.gz, or {case}-{t1n,t1c,t2w,t2f}.nii.gz)")
+    if depth == 0:
+        return []
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return [c for sub in subfolders for c in _cases_in(sub, prefer, depth - 1)]
+
+
+def find_input_cases(input_dir: str | Path, prefer: str | None = None) -> list[CaseRecord]:
+    """The cases of ``input_dir`` (new scans to predict): a case folder, or a folder of case folders (or of
+    group folders of case folders, e.g. BraTS 2018's HGG/LGG), in any supported layout (``prefer`` tried
+    first), sorted by id. An MSD or nnU-Net dataset folder (holding dataset.json) gives the cases of its
+    ``imagesTs`` (else ``imagesTr``), its ``images*`` folder those of that folder; their labels are written
+    back in the dataset.json's numbering."""
+    root = Path(input_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"input folder not found: {root}")
+    cases = sorted(_cases_in(root, prefer, depth=2), key=lambda c: c.case_id)
+    if not cases:
+        raise FileNotFoundError(f"no cases in {root} (a case folder CASE holds CASE_t1.nii.gz, CASE_t1ce.nii.gz, "
+                                "CASE_t2.nii.gz, CASE_flair.nii.gz, or the BraTS 2023 names CASE-t1n.nii.gz ...)")
+    check_unique_ids([c.case_id for c in cases], root)
+    return cases

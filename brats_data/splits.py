@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .cases import check_unique_ids
+
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
 _BRATS2023_ID = re.compile(r"^(BraTS-[A-Z]+-\d+)-\d+$")
@@ -152,8 +154,7 @@ def make_splits(case_ids: Iterable[str], seed: int, use_5fold: bool = False, n_f
         ValueError: duplicate ids, too few patients, or ``n_folds < 2``.
     """
     ids = sorted(case_ids)
-    if len(set(ids)) != len(ids):
-        raise ValueError("case_ids contain duplicates; each case must appear once")
+    check_unique_ids(ids, "the split's case ids")
     groups = {cid: (groups or {}).get(cid) or patient_id(cid) for cid in ids}
     strata = {cid: (strata or {}).get(cid, "all") for cid in ids}
     by_stratum = _grouped(ids, groups, strata)

@@ -67,6 +67,25 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], cell: float)
     return field[0, 0].numpy()
 
 
+def _bias_field(rng: np.random.Generator, shape: tuple[int, ...], strength: float,
+                mask: np.ndarray | None = None) -> np.ndarray:
+    """Multiplicative bias field exp(strength * smooth field): the whole volume, or the voxels of ``mask``."""
+    field = _smooth_noise(rng, shape, max(shape) / 2)
+    return np.exp(strength * (field if mask is None else field[mask]))
+
+
+def _acquire(rng: np.random.Generator, clean: np.ndarray, bias: np.ndarray, gain: float,
+             sigma: float) -> np.ndarray:
+    """Scanner values of the noise-free intensities ``clean`` (1-D, the brain voxels): times the bias field
+    and the gain, Rician noise of std ``sigma`` (two Gaussian draws per voxel), rounded, clipped to 1..int16 max.
+
+    Shared by both difficulties; they differ in how the gain and sigma are drawn (see the callers).
+    """
+    signal = clean * bias * gain
+    noise = rng.standard_normal((2, signal.size), dtype=np.float32) * sigma
+    return np.clip(np.rint(np.hypot(signal + noise[0], noise[1])), 1, np.iinfo(np.int16).max)
+
+
 def _ellipsoid_radius(shape: tuple[int, ...], centre: np.ndarray, axes: np.ndarray) -> np.ndarray:
     """Normalised ellipsoidal radius sqrt(sum(((x - centre) / axes)^2)) on the voxel grid."""
     grids = np.ogrid[tuple(slice(0, s) for s in shape)]
@@ -144,13 +163,10 @@ def _synthesize_easy(seed: int, index: int, shape: tuple[int, int, int]) -> tupl
         for name, label in TUMOUR_LABELS.items():
             contrast[label] = TISSUE_INTENSITY[name][m] * rng.uniform(0.93, 1.07)
         tissue[tumour] = contrast[labels[tumour]]
+        # per modality: a float32 gain, a fixed-strength bias field and a float32 noise level
         gain = np.float32(600.0 * rng.uniform(0.8, 1.25))
-        bias = np.exp(BIAS_STRENGTH * _smooth_noise(rng, shape, max(shape) / 2)[brain])
-        signal = tissue * texture * bias * gain
-        sigma = np.float32(NOISE_SIGMA) * gain
-        noise = rng.standard_normal((2, len(signal)), dtype=np.float32) * sigma
-        noisy = np.hypot(signal + noise[0], noise[1])
-        images[m][brain] = np.clip(np.rint(noisy), 1, np.iinfo(np.int16).max)
+        bias = _bias_field(rng, shape, BIAS_STRENGTH, brain)
+        images[m][brain] = _acquire(rng, tissue * texture, bias, gain, np.float32(NOISE_SIGMA) * gain)
     return images, seg
 
 
@@ -379,9 +395,10 @@ def _render(rng: np.random.Generator, tissue: np.ndarray, seg: np.ndarray, weigh
     tumour_texture = 1 + 0.12 * _smooth_noise(rng, shape, max(1.5, 3 * unit)).ravel()[tumour]
     w = weight.ravel()[tumour]
     core_name = {1: "necrosis" if enhancing else "non_enhancing", 2: "edema", 4: "enhancing"}
+    # per case: noise level, gain (float64) and bias field; per modality below: a jitter of the noise level
     noise = rng.uniform(*NOISE_RANGE)
     gain = np.exp(rng.uniform(*np.log(GAIN_RANGE)))
-    bias = np.exp(rng.uniform(*BIAS_RANGE) * _smooth_noise(rng, shape, max(shape) / 2))
+    bias = _bias_field(rng, shape, rng.uniform(*BIAS_RANGE))[brain]
     images = np.zeros((len(MODALITIES),) + tuple(shape), dtype=np.int16)
     for m in range(len(MODALITIES)):
         jitter = rng.uniform(1 - HEALTHY_JITTER, 1 + HEALTHY_JITTER, 4)
@@ -397,10 +414,8 @@ def _render(rng: np.random.Generator, tissue: np.ndarray, seg: np.ndarray, weigh
         flat = clean.reshape(-1)
         flat[tumour] += w * (values[seg.ravel()[tumour]] * tumour_texture - flat[tumour])
         clean = ndimage.gaussian_filter(clean, PARTIAL_VOLUME_SIGMA, truncate=3.0)
-        signal = clean[brain] * bias[brain] * gain
         sigma = np.float32(noise * gain * rng.uniform(0.85, 1.15))
-        n = rng.standard_normal((2, signal.size), dtype=np.float32) * sigma
-        images[m][brain] = np.clip(np.rint(np.hypot(signal + n[0], n[1])), 1, np.iinfo(np.int16).max)
+        images[m][brain] = _acquire(rng, clean[brain], bias, gain, sigma)
     return images
 
 

@@ -1,9 +1,10 @@
 """``ExperimentConfig``: everything a run depends on, and the one table the CLI is built from.
 
 Each field that is a command-line option carries its flag, help, group and choices in its
-``metadata`` (see :func:`option`), so a new option is one field here: ``integrated_experiment.py``
-builds its parser from :func:`cli_fields`. Fields without metadata (e.g. ``weight_decay``) are
-configuration only.
+``metadata`` (see :func:`option`), so a new option is one field here: :func:`build_parser` (the parser of
+``integrated_experiment.py``) is built from :func:`cli_fields`, and so is the README's options table
+(``python -m experiment.config --write README.md``; a test keeps it current). Fields without metadata
+(e.g. ``weight_decay``) are configuration only.
 
 :func:`load_run_config` reads a run folder's ``config.json`` back, with explicit override rules,
 for ``--resume``, ``evaluate_experiment.py`` and prediction.
@@ -11,7 +12,10 @@ for ``--resume``, ``evaluate_experiment.py`` and prediction.
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import sys
 from collections.abc import Sequence
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,7 +24,7 @@ from typing import Any
 import torch
 
 from brats_data.cases import DATASET_VERSIONS
-from utils.experiment_utils import list_models, model_spec
+from models import list_models, model_spec
 from utils.io import read_json
 
 CONFIG_JSON = "config.json"  # re-exported by run_folder, which owns every file name
@@ -35,16 +39,17 @@ RUNTIME_FIELDS: tuple[str, ...] = ("data_path", "cache_dir", "device", "num_work
 
 def option(default: Any = MISSING, help: str = "", *, group: str = "run", flag: str | None = None,
            choices: Sequence[Any] | None = None, type: Any = None, nargs: Any = None, metavar: Any = None,
-           default_factory: Any = MISSING, flags: dict[str, Any] | None = None) -> Any:
+           default_factory: Any = MISSING, flags: dict[str, Any] | None = None, shown: str | None = None) -> Any:
     """A dataclass field that is also a command-line option.
 
     ``flag`` renames the option (default ``--{field name}``); a bool field defaulting to False is a
     ``store_true`` switch, one defaulting to True needs ``flag`` (a ``store_false`` switch such as
     ``--no_efficiency``). ``flags`` maps several mutually exclusive switches to the values they set
-    (``--use_nnunet_loss`` -> ``"nnunet"``).
+    (``--use_nnunet_loss`` -> ``"nnunet"``). ``shown`` is the default as documented, where the value
+    depends on the machine (an environment variable).
     """
     cli = {"help": help, "group": group, "flag": flag, "choices": choices, "type": type, "nargs": nargs,
-           "metavar": metavar, "flags": flags}
+           "metavar": metavar, "flags": flags, "shown": shown}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata={"cli": cli})
     return field(default=default, metadata={"cli": cli})
@@ -55,7 +60,8 @@ class ExperimentConfig:
     """Everything a run depends on; written to ``config.json`` of the run folder."""
 
     # data
-    data_path: str = option(DEFAULT_DATA_PATH, "common dataset root (env BRATS_DATA_PATH, else ./data)", group="data")
+    data_path: str = option(DEFAULT_DATA_PATH, "common dataset root (env BRATS_DATA_PATH, else ./data)", group="data",
+                            shown="$BRATS_DATA_PATH or ./data")
     dataset_version: str = option("brats2018", "dataset layout under --data_path; 'synthetic' generates a "
                                   "BraTS-like dataset once", group="data", choices=DATASET_VERSIONS)
     synthetic_cases: int = option(20, "number of synthetic cases", group="data")
@@ -65,7 +71,8 @@ class ExperimentConfig:
     synthetic_shape: list[int] | None = option(None, "volume size of synthetic cases (default 96 96 64; real "
                                                "BraTS is 240 240 155)", group="data", type=int, nargs=3,
                                                metavar=("X", "Y", "Z"))
-    max_samples: int | None = option(None, "use at most N cases (first N by case id)", group="data", type=int)
+    max_samples: int | None = option(None, "use about N cases: a seeded (seed 0) subset of whole patients, "
+                                     "stratified like the splits", group="data", type=int)
     use_5fold: bool = option(False, "5-fold cross-validation instead of 80/10/10", group="data")
     skip_bad_cases: bool = option(False, "skip unreadable/inconsistent cases (listed in skipped_cases.csv) "
                                   "instead of stopping", group="data")
@@ -109,6 +116,8 @@ class ExperimentConfig:
     loss: str = option("nnunet", group="training", flags={
         "--use_nnunet_loss": ("nnunet", "Dice 70%% + CE 30%% (the default)"),
         "--use_standard_loss": ("standard", "Dice 50%% + CE 50%%")})
+    trainer: str = option("UnitTrainer", "training recipe: a registered trainer class, or module:Class of an "
+                          "importable UnitTrainer subclass (docs/TRAINERS.md)", group="training")
     use_pretrained: bool = option(False, "initialise from local weights {pretrained_dir}/{model}.pth "
                                   "(nothing is downloaded)", group="training")
     pretrained_dir: str = option("pretrained", "folder of --use_pretrained weights", group="training")
@@ -196,9 +205,106 @@ def cli_fields() -> list[Field]:
     return [f for f in fields(ExperimentConfig) if "cli" in f.metadata]
 
 
-def unit_name(model: str, seed: int, fold: int, use_5fold: bool) -> str:
-    """The name of one (model, seed, fold) unit, as in its checkpoint file names."""
-    return f"{model}_seed_{seed}_fold_{fold}" if use_5fold else f"{model}_seed_{seed}"
+# ----------------------------------------------------------------------------- the command line
+GROUPS = ("data", "training", "run")
+EXTRA_SWITCHES = {  # options that are actions of the command, not configuration
+    "--list_models": ("run", "print every registered model (family, modalities, dims, parameters) and exit"),
+    "--preprocess_only": ("data", "validate the cases and build the preprocessing cache (same data flags), print a "
+                                  "summary and exit"),
+}
+
+
+def _add_option(group: argparse._ActionsContainer, f: Field) -> None:
+    cli: dict[str, Any] = f.metadata["cli"]
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    if cli["flags"]:  # mutually exclusive switches that each set one value
+        switches = group.add_mutually_exclusive_group()
+        for flag, (value, help_text) in cli["flags"].items():
+            switches.add_argument(flag, dest=f.name, action="store_const", const=value, help=help_text)
+        group.set_defaults(**{f.name: default})
+        return
+    flag = cli["flag"] or f"--{f.name}"
+    if isinstance(default, bool):
+        action = "store_false" if default else "store_true"
+        group.add_argument(flag, dest=f.name, action=action, default=default, help=cli["help"])
+        return
+    kwargs = {k: cli[k] for k in ("choices", "nargs", "metavar") if cli[k] is not None}
+    value_type = cli["type"] or type(default)
+    group.add_argument(flag, dest=f.name, type=value_type, default=default, help=cli["help"], **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``integrated_experiment.py``: one option per field of :func:`cli_fields`, and the two
+    command switches of :data:`EXTRA_SWITCHES`."""
+    p = argparse.ArgumentParser(
+        prog="integrated_experiment.py",
+        description="Train, evaluate and compare BraTS brain-tumour segmentation models (accuracy and efficiency). "
+                    "Research use only, not for diagnosis.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    for f in cli_fields():
+        _add_option(groups[f.metadata["cli"]["group"]], f)
+    for flag, (group, help_text) in EXTRA_SWITCHES.items():
+        groups[group].add_argument(flag, action="store_true", help=help_text)
+    return p
+
+
+def _shown_default(f: Field, flag: str) -> str:
+    cli = f.metadata["cli"]
+    default = f.default_factory() if f.default_factory is not MISSING else f.default
+    if cli["shown"]:
+        return f"`{cli['shown']}`"
+    if cli["flags"]:
+        return "on" if cli["flags"][flag][0] == default else "off"
+    if isinstance(default, bool):
+        return "off"  # a switch: on when given
+    if default is None:
+        return ""
+    return f"`{' '.join(map(str, default)) if isinstance(default, list) else default}`"
+
+
+def _placeholder(f: Field) -> str:
+    """What follows the flag in the table: ``{a,b}`` for choices, the metavar or the field name, ``...`` for lists."""
+    cli = f.metadata["cli"]
+    if cli["flags"] or isinstance(f.default, bool):
+        return ""
+    if cli["choices"]:
+        return " {" + ",".join(map(str, cli["choices"])) + "}"
+    if isinstance(cli["metavar"], tuple):
+        return " " + " ".join(cli["metavar"])
+    name = cli["metavar"] or f.name.upper()
+    return f" {name} [...]" if cli["nargs"] == "+" else f" {name}"
+
+
+def options_table() -> str:
+    """The README's options table: every option of :func:`build_parser`, by group, with its default and help."""
+    rows = ["| option | default | meaning |", "|---|---|---|"]
+    by_group: dict[str, list[str]] = {g: [] for g in GROUPS}
+    for f in cli_fields():
+        cli = f.metadata["cli"]
+        switches = cli["flags"] or {cli["flag"] or f"--{f.name}": (None, cli["help"])}
+        for flag, (_value, help_text) in switches.items():
+            by_group[cli["group"]].append(f"| `{flag}{_placeholder(f)}` | {_shown_default(f, flag)} | "
+                                          f"{help_text.replace('%%', '%').replace('|', '/')} |")
+    for flag, (group, help_text) in EXTRA_SWITCHES.items():
+        by_group[group].append(f"| `{flag}` | | {help_text} |")
+    for group in GROUPS:
+        rows.append(f"| **{group}** | | |")
+        rows += by_group[group]
+    return "\n".join(rows)
+
+
+TABLE_START = "<!-- options table: generated by `python -m experiment.config --write README.md` -->"
+TABLE_END = "<!-- end of options table -->"
+
+
+def readme_with_table(text: str) -> str:
+    """``text`` (the README) with the part between :data:`TABLE_START` and :data:`TABLE_END` regenerated."""
+    pattern = re.compile(re.escape(TABLE_START) + ".*?" + re.escape(TABLE_END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"the README has no options table markers ({TABLE_START} ... {TABLE_END})")
+    return pattern.sub(lambda _m: f"{TABLE_START}\n{options_table()}\n{TABLE_END}", text)
 
 
 def load_run_config(run_dir: str | Path, **overrides: Any) -> ExperimentConfig:
@@ -233,3 +339,20 @@ def resume_config(cfg: ExperimentConfig) -> ExperimentConfig:
     merged = load_run_config(cfg.resume, **runtime)
     merged.resume = cfg.resume
     return merged
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m experiment.config``: print the options table; ``--write README.md`` regenerates it there."""
+    parser = argparse.ArgumentParser(prog="python -m experiment.config", description=main.__doc__)
+    parser.add_argument("--write", metavar="README", help="rewrite the options table of this file in place")
+    args = parser.parse_args(argv)
+    if args.write:
+        path = Path(args.write)
+        path.write_text(readme_with_table(path.read_text()))
+    else:
+        print(options_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

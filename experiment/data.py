@@ -13,10 +13,11 @@ from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
-import data_loader as dl
+import brats_data
 from brats_data.splits import patient_id, read_patient_map, stratified_subset
 from experiment.config import ExperimentConfig
 from utils import distributed as du
+from utils.errors import first_line
 from utils.io import read_json, write_json
 from utils.labels import REGIONS
 
@@ -40,7 +41,7 @@ def case_grade(case: Any) -> str | None:
 def _discover(cfg: ExperimentConfig) -> list[Any]:
     """The run's cases: all of the dataset, or with ``--max_samples N`` a seeded (seed 0), grade-stratified
     subset of whole patients, the same for every seed of the run and every later command."""
-    cases = dl.discover_cases(Path(cfg.data_path), cfg.dataset_version)
+    cases = brats_data.discover_cases(Path(cfg.data_path), cfg.dataset_version)
     if cfg.max_samples is None or cfg.max_samples >= len(cases):
         return cases
     by_id = {c.case_id: c for c in cases}
@@ -50,7 +51,7 @@ def _discover(cfg: ExperimentConfig) -> list[Any]:
 
 
 def _open_cache(cfg: ExperimentConfig) -> Any:
-    return dl.PreprocessedCache(cfg.resolved_cache_dir(), _discover(cfg))
+    return brats_data.PreprocessedCache(cfg.resolved_cache_dir(), _discover(cfg))
 
 
 def _status_file(cfg: ExperimentConfig) -> Path:
@@ -63,7 +64,7 @@ def build_cache(cfg: ExperimentConfig, progress: bool = True) -> tuple[Any, list
     """Generate the synthetic data if asked, discover the cases and build the cache (rank 0's work)."""
     if cfg.dataset_version == "synthetic":
         shape = {"shape": tuple(cfg.synthetic_shape)} if cfg.synthetic_shape else {}
-        dl.generate_synthetic_dataset(Path(cfg.data_path), n_cases=cfg.synthetic_cases, seed=0,
+        brats_data.generate_synthetic_dataset(Path(cfg.data_path), n_cases=cfg.synthetic_cases, seed=0,
                                       difficulty=cfg.synthetic_difficulty, **shape)
     cache = _open_cache(cfg)
     errors = cache.build(num_workers=cfg.resolved_preprocess_workers(), progress=progress,
@@ -86,7 +87,7 @@ def prepare_data(cfg: ExperimentConfig, ctx: du.DistContext) -> tuple[Any, list[
             cache, skipped = build_cache(cfg)
         except Exception as exc:
             if ctx.distributed:
-                write_json(status, {"status": "error", "message": str(exc).splitlines()[0] if str(exc) else ""})
+                write_json(status, {"status": "error", "message": first_line(exc)})
             raise
         if ctx.distributed:
             write_json(status, {"status": "ok", "skipped": skipped})
@@ -146,7 +147,7 @@ def make_all_splits(cfg: ExperimentConfig, cache: Any) -> dict[str, Any]:
     """The splits of every seed (and every fold with ``--use_5fold``): by patient, stratified."""
     ids = list(cache.case_ids)
     groups, strata = _patient_groups(cfg, ids), case_strata(cache)
-    return {str(s): dl.make_splits(ids, seed=s, use_5fold=cfg.use_5fold, groups=groups, strata=strata)
+    return {str(s): brats_data.make_splits(ids, seed=s, use_5fold=cfg.use_5fold, groups=groups, strata=strata)
             for s in cfg.seeds}
 
 
@@ -173,7 +174,7 @@ def build_train_loader(
 ) -> tuple[DataLoader, DistributedSampler, Any]:
     """Loader of training patches (3D) or slices (2D), sharded by a DistributedSampler (also in one process)."""
     n_samples = samples_per_epoch(cfg, len(case_ids), ctx.world_size)
-    cls = dl.SliceDataset if cfg.dim == "2d" else dl.PatchDataset
+    cls = brats_data.SliceDataset if cfg.dim == "2d" else brats_data.PatchDataset
     dataset = cls(cache, list(case_ids), list(modalities), cfg.spatial_patch, samples_per_epoch=n_samples,
                   seed=seed)
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)

@@ -29,7 +29,9 @@ import torch
 import torch.nn as nn
 
 from experiment.run_folder import EFFICIENCY_KEYS
-from utils.experiment_utils import autocast_context, get_model, model_spec
+from models import deploy, get_model, model_spec
+from utils.errors import first_line
+from utils.runtime import autocast_context
 
 PAM_REPEATS = 5
 
@@ -123,12 +125,11 @@ def named_stages(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def inference_copy(model: nn.Module) -> tuple[nn.Module, int]:
-    """An eval-mode copy with every RepLK branch pair fused into one kernel (exact in eval mode), as it
-    would be deployed; returns the copy and the number of fused convolutions (0 for other models)."""
-    from models.modules.replk import reparameterize_model
-
-    fused = copy.deepcopy(model).eval()
-    return fused, reparameterize_model(fused)
+    """An eval-mode copy re-parameterised as it would be deployed (``models.deploy``: e.g. every RepLK branch
+    pair fused into one kernel, exact in eval mode); returns the copy and the number of fused layers (0 for
+    models without re-parameterisation)."""
+    deployed = copy.deepcopy(model).eval()
+    return deployed, deploy(deployed)
 
 
 def measure_stage_pam(
@@ -207,10 +208,6 @@ def measure_latency(
 
 
 # ----------------------------------------------------------------------------- one model of a run
-def _first_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-
-
 def measure_efficiency(model_name: str, cfg: Any, device: torch.device) -> tuple[dict, list[dict], str]:
     """(row values, stage-wise PAM rows, notes) of ``model_name`` at the run's patch (``cfg``: ExperimentConfig).
 
@@ -238,7 +235,7 @@ def measure_efficiency(model_name: str, cfg: Any, device: torch.device) -> tuple
         try:
             values.update(step())
         except Exception as exc:  # OOM or an op the counter cannot follow: record, go on
-            notes.append(f"{name}: {_first_line(exc)}")
+            notes.append(f"{name}: {first_line(exc, with_type=True)}")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     try:

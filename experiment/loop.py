@@ -1,10 +1,15 @@
 """The experiment: seeds x folds x models -> train, evaluate, measure, write. The only loop.
 
-    run_integrated_experiment(cfg)
-        preflight(cfg)                 unknown models, dims, patch sizes, missing weights: before any work
+    run_integrated_experiment(cfg, callbacks)
+        preflight(cfg)                 unknown models, dims, patch sizes, trainers, missing weights: before any work
         open_run(cfg, ctx)             run folder, data and cache, splits, config.json, run.log
-        for each unit: run_unit(...)   train -> evaluate the best weights -> efficiency -> rows
-        finish_run(...)                model_comparison.csv, charts, slice figures
+        for each unit: run_unit(...)   train -> evaluate the best weights -> efficiency -> rows -> on_unit_end
+        finish_run(...)                model_comparison.csv, statistics -> on_run_end
+
+What is drawn or reported is not the loop's business: :class:`RunCallbacks` objects given by the caller
+(the CLI passes ``visualization.ChartCallbacks``: charts, slice figures, Grad-CAM) are called on rank 0,
+and a callback that fails is a warning in ``run.log``, never a lost result. ``experiment/`` never imports
+``visualization/``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import datetime as _dt
 import logging
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,22 +28,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-import data_loader as dl
 from experiment.config import ExperimentConfig, resume_config
 from experiment.data import make_all_splits, prepare_data, training_budget
 from experiment.efficiency import count_parameters, measure_efficiency
 from experiment.evaluation import EvaluationResult, evaluate_checkpoint
 from experiment.run_folder import EFFICIENCY_KEYS, LOG_FILE, RESULTS_CSV, RunFolder, UnitKey
-from experiment.training import STOP, Interrupted, TrainResult, train_model
+from experiment.training import STOP, Interrupted, TrainResult, train_model, trainer_class
+from models import get_model
 from utils import distributed as du
 from utils.checkpoint import load_checkpoint
-from utils.experiment_utils import get_model
+from utils.errors import first_line
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_BAD_DATA, EXIT_UNITS_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
 LOGGED_PACKAGES = ("experiment", "brats_data", "visualization", "models", "utils")
-SLICE_MODALITIES = ["t1ce", "flair"]  # the modalities drawn in the segmentation slice figures
 
 
 @dataclass
@@ -57,10 +61,52 @@ class RunState:
     run: RunFolder
     cache: Any
     splits: dict[str, Any]
-    done: set[tuple[str, int, int]]
+    done: set[UnitKey]
     efficiency: dict[str, tuple[dict, str]] = field(default_factory=dict)
     failed: list[dict[str, Any]] = field(default_factory=list)
-    predictions: dict[tuple[int, int, str], dict[str, Any]] = field(default_factory=dict)
+    callbacks: Sequence[RunCallbacks] = ()
+
+
+class RunCallbacks:
+    """What a caller hooks into a run (charts, reports, trackers); every method is a no-op here.
+
+    Called on rank 0 only, after the run folder holds what they describe, in this order: ``on_run_start``;
+    per unit ``on_unit_start``, ``on_train_progress`` (every ``CHECK_EVERY`` steps), ``on_epoch_end``, then
+    ``on_unit_end`` or ``on_unit_failed``; ``on_run_end``. An exception in a callback is logged as a warning
+    and the run goes on.
+    """
+
+    def on_run_start(self, state: RunState) -> None:
+        """The run folder, config.json, splits.json and run.log exist; no unit has started in this process."""
+
+    def on_unit_start(self, state: RunState, key: UnitKey) -> None:
+        """A unit starts training (or resumes: its epoch rows so far are in all_epochs_results.csv)."""
+
+    def on_train_progress(self, state: RunState, key: UnitKey, epoch: int, step: int, loss: float) -> None:
+        """The mean training loss of ``epoch`` over its first ``step`` steps and every rank."""
+
+    def on_epoch_end(self, state: RunState, key: UnitKey, row: dict[str, Any]) -> None:
+        """An epoch's row (all_epochs_results.csv columns) was written."""
+
+    def on_unit_end(self, state: RunState, key: UnitKey, result: TrainResult, evaluation: EvaluationResult) -> None:
+        """A unit finished: its rows are written; ``result`` holds the best weights, ``evaluation`` its test."""
+
+    def on_unit_failed(self, state: RunState, key: UnitKey, epoch: int, reason: str) -> None:
+        """A unit failed (recorded in failed_runs.csv); the run goes on with the next one."""
+
+    def on_run_end(self, state: RunState) -> None:
+        """Every unit ran; the comparison, statistics and ranking files are written."""
+
+
+def notify(state: RunState, event: str, *args: Any) -> None:
+    """Call ``event`` on every callback (rank 0); a failure is a warning, never a lost run."""
+    if not state.ctx.is_main:
+        return
+    for callback in state.callbacks:
+        try:
+            getattr(callback, event)(state, *args)
+        except Exception as exc:  # a chart or a tracker must never cost the results
+            log.warning("warning: %s.%s failed: %s", type(callback).__name__, event, first_line(exc, with_type=True))
 
 
 # ----------------------------------------------------------------------------- logging
@@ -110,6 +156,7 @@ def add_log_file(path: Path) -> None:
 # ----------------------------------------------------------------------------- opening the run
 def preflight(cfg: ExperimentConfig) -> None:
     """Fail before any work on what the registry or the disk can already tell."""
+    trainer_class(cfg.trainer)  # an unknown trainer or an import path that does not import
     for name in cfg.model_names:
         get_model(name, cfg.dim, cfg.spatial_patch)  # the registry checks the name, the dim and the patch size
         weights = Path(cfg.pretrained_dir) / f"{name}.pth"
@@ -145,7 +192,7 @@ def _config_record(cfg: ExperimentConfig, ctx: du.DistContext, n_cases: int, n_t
     }
 
 
-def open_run(cfg: ExperimentConfig, ctx: du.DistContext) -> RunState:
+def open_run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[RunCallbacks] = ()) -> RunState:
     """The run folder (new, or the resumed one), the prepared data, the splits, ``config.json``."""
     resuming = cfg.resume is not None
     path = cfg.resume if resuming else None
@@ -167,7 +214,7 @@ def open_run(cfg: ExperimentConfig, ctx: du.DistContext) -> RunState:
         run.write_config(_config_record(cfg, ctx, len(case_ids), len(first["train"])))
         run.write_splits(splits)
     done = run.finished_units() if resuming else set()
-    return RunState(cfg, ctx, run, cache, splits, done)
+    return RunState(cfg, ctx, run, cache, splits, done, callbacks=tuple(callbacks))
 
 
 # ----------------------------------------------------------------------------- one unit
@@ -190,13 +237,14 @@ def _efficiency_on_main(state: RunState, name: str) -> tuple[dict, str]:
 
 
 def _record_failure(state: RunState, key: UnitKey, epoch: int, exc: Exception) -> None:
-    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    reason = first_line(exc, with_type=True)
     if state.ctx.device.type == "cuda":
         torch.cuda.empty_cache()
     state.failed.append({**key.as_dict(), "epoch": epoch, "reason": reason})
     if state.ctx.is_main:
         log.error("unit %s failed (%s); going on with the next unit", state.run.unit(key), reason, exc_info=exc)
         state.run.record_failure(key, epoch, reason)
+        notify(state, "on_unit_failed", key, epoch, reason)
 
 
 def _write_unit(state: RunState, key: UnitKey, result: TrainResult, evaluation: EvaluationResult,
@@ -209,27 +257,8 @@ def _write_unit(state: RunState, key: UnitKey, result: TrainResult, evaluation: 
     state.run.write_unit(key, row, evaluation.per_case, evaluation.confusion, evaluation.modality_weights)
     log.info("[%s seed %d fold %d] test Dice WT/TC/ET %.3f/%.3f/%.3f", key.model, key.seed, key.fold,
              row["test_dice_wt"], row["test_dice_tc"], row["test_dice_et"])
-    if evaluation.first_prediction is not None and key.seed == state.cfg.seeds[0]:
-        case_id, pred = evaluation.first_prediction
-        slot = state.predictions.setdefault((key.seed, key.fold, case_id), {
-            "image": np.asarray(state.cache.image(case_id)[dl.modality_indices(SLICE_MODALITIES)], np.float32),
-            "label": np.asarray(state.cache.label(case_id)), "preds": {}, "modalities": SLICE_MODALITIES})
-        slot["preds"][key.model] = pred
-    if state.cfg.gradcam and evaluation.first_prediction is not None:
-        _write_gradcam(state, key, result, evaluation.first_prediction[0])
     state.run.remove_last(key)
-
-
-def _write_gradcam(state: RunState, key: UnitKey, result: TrainResult, case_id: str) -> None:
-    """--gradcam: ``gradcam_{unit}.png``, the Grad-CAM overlay of the unit's first test case (rank 0,
-    visualization/gradcam.py); a failure only warns."""
-    try:
-        from visualization.gradcam import write_unit_gradcam
-
-        write_unit_gradcam(key.model, result.best_state, state.cfg, state.cache, case_id,
-                           state.run / f"gradcam_{state.run.unit(key)}.png", state.ctx.device)
-    except Exception as exc:  # an explanation figure must never cost the unit
-        log.warning("warning: Grad-CAM of %s failed: %s: %s", state.run.unit(key), type(exc).__name__, exc)
+    notify(state, "on_unit_end", key, result, evaluation)
 
 
 def run_unit(state: RunState, key: UnitKey, split: dict[str, list[str]]) -> bool:
@@ -241,14 +270,19 @@ def run_unit(state: RunState, key: UnitKey, split: dict[str, list[str]]) -> bool
     if ctx.is_main and cfg.resume is not None:  # an unfinished unit's epoch rows come from its checkpoint
         run.reset_epoch_rows(key, load_checkpoint_curves(run.last_checkpoint(key)))
     last_epoch = {"epoch": -1}
+    notify(state, "on_unit_start", key)
 
     def on_epoch_end(row: dict[str, Any]) -> None:
         last_epoch["epoch"] = row["epoch"]
         run.append_epoch(key, row)
+        notify(state, "on_epoch_end", key, row)
+
+    def on_progress(epoch: int, step: int, loss: float) -> None:
+        notify(state, "on_train_progress", key, epoch, step, loss)
 
     try:
         result = train_model(key.model, cfg, state.cache, split, key.seed, key.fold, run, ctx,
-                             on_epoch_end=on_epoch_end)
+                             on_epoch_end=on_epoch_end, on_progress=on_progress if state.callbacks else None)
         evaluation = evaluate_checkpoint({"model_name": key.model, "state_dict": result.best_state}, cfg,
                                          state.cache, split["test"], ctx.device, keep_first_prediction=True)
         efficiency = _efficiency_on_main(state, key.model)
@@ -270,57 +304,40 @@ def load_checkpoint_curves(path: Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- the end
-def _draw(run: RunFolder, predictions: dict[tuple[int, int, str], dict[str, Any]]) -> None:
-    """Charts from the run folder's CSVs, and slice figures of the saved test predictions."""
-    try:
-        from visualization.visualization_dataframe import make_all_plots
-
-        make_all_plots(run.path)
-    except Exception as exc:  # a chart must never cost the results
-        log.warning("warning: charts failed: %s: %s", type(exc).__name__, exc)
-    try:
-        from visualization.visualization_3d import plot_segmentation_slices
-
-        for (seed, fold, case_id), item in predictions.items():
-            name = f"segmentation_slices_seed_{seed}" + (f"_fold_{fold}" if fold else "") + f"_{case_id}.png"
-            plot_segmentation_slices(item["image"], item["label"], item["preds"], run / name,
-                                     modality_names=item["modalities"])
-    except Exception as exc:
-        log.warning("warning: slice figures failed: %s: %s", type(exc).__name__, exc)
-
-
 def finish_run(state: RunState) -> RunSummary:
     if state.ctx.is_main:
         state.run.finish()
-        _draw(state.run, state.predictions)
+        notify(state, "on_run_end")
         log.info("results: %s", state.run / RESULTS_CSV)
     return RunSummary(state.run.path, EXIT_UNITS_FAILED if state.failed else EXIT_OK, state.failed)
 
 
 # ----------------------------------------------------------------------------- the whole experiment
-def run_integrated_experiment(cfg: ExperimentConfig) -> RunSummary:
-    """Run every (seed, fold, model) unit of ``cfg`` and write the run folder. Its files: experiment/run_folder.py, README "Outputs"."""
+def run_integrated_experiment(cfg: ExperimentConfig, callbacks: Sequence[RunCallbacks] = ()) -> RunSummary:
+    """Run every (seed, fold, model) unit of ``cfg`` and write the run folder (experiment/run_folder.py, README
+    "Outputs"); ``callbacks`` (e.g. ``visualization.ChartCallbacks()``) draw or report on rank 0."""
     torch.multiprocessing.set_sharing_strategy(cfg.sharing_strategy)
     ctx = du.init_distributed(cfg.device)
     STOP.install()
     try:
         with run_logging(ctx):
-            return _run(cfg, ctx)
+            return _run(cfg, ctx, callbacks)
     finally:
         STOP.restore()
         du.cleanup()
 
 
-def _run(cfg: ExperimentConfig, ctx: du.DistContext) -> RunSummary:
+def _run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[RunCallbacks]) -> RunSummary:
     if cfg.resume is not None:
         cfg = resume_config(cfg)
     preflight(cfg)
-    state = open_run(cfg, ctx)
+    state = open_run(cfg, ctx, callbacks)
+    notify(state, "on_run_start")
     for seed in cfg.seeds:
         for split in state.splits[str(seed)]["folds"]:
             for name in cfg.model_names:
                 key = UnitKey(name, seed, split["fold"])
-                if (name, seed, key.fold) in state.done:
+                if key in state.done:
                     continue
                 try:
                     run_unit(state, key, split)

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,9 @@ import numpy as np
 import pandas as pd
 
 from experiment import statistics as st
-from experiment.config import CONFIG_JSON, unit_name
+from experiment.config import CONFIG_JSON, ExperimentConfig, load_run_config
 from metrics import CLASS_DICE_KEYS, NSD_KEYS, REGION_METRIC_KEYS
+from utils.checkpoint import BEST_KEYS, CheckpointError, load_checkpoint
 from utils.io import append_rows, read_csv, read_json, replace_rows, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -113,14 +115,54 @@ def _now() -> str:
     return _dt.datetime.now().isoformat(timespec="seconds")
 
 
-@dataclass
+@dataclass(frozen=True, order=True)
 class UnitKey:
+    """One unit of an experiment: (model, seed, fold); ``fold`` is 0 without 5-fold cross-validation.
+
+    The one spelling of a unit's name (checkpoint files, prediction folders, Grad-CAM figures, confusion
+    matrices): ``{model}_seed_{seed}``, ``{model}_seed_{seed}_fold_{fold}`` in 5-fold runs. :meth:`parse`
+    reads a name back. Nothing else in the suite spells or parses one.
+    """
+
     model: str
     seed: int
-    fold: int
+    fold: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "fold", int(self.fold))
+
+    def name(self, use_5fold: bool) -> str:
+        if not use_5fold and self.fold != 0:
+            raise ValueError(f"{self.model} seed {self.seed} fold {self.fold}: a hold-out run has fold 0 only")
+        return f"{self.model}_seed_{self.seed}" + (f"_fold_{self.fold}" if use_5fold else "")
+
+    @classmethod
+    def parse(cls, name: str) -> UnitKey | None:
+        """The key of a unit name (:meth:`name`), ``None`` if ``name`` is not one."""
+        match = _UNIT_NAME.match(name)
+        return None if match is None else cls(match["model"], int(match["seed"]), int(match["fold"] or 0))
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> UnitKey:
+        """The key of a table row or dict with ``model``, ``seed`` and ``fold``."""
+        return cls(str(row["model"]), int(row["seed"]), int(row["fold"]))
 
     def as_dict(self) -> dict[str, Any]:
         return {"model": self.model, "seed": self.seed, "fold": self.fold}
+
+
+_UNIT_NAME = re.compile(r"^(?P<model>.+)_seed_(?P<seed>-?\d+)(?:_fold_(?P<fold>\d+))?$")
+
+
+@dataclass
+class TestUnit:
+    """One best checkpoint of a finished run and the test cases of its seed and fold."""
+
+    key: UnitKey
+    path: Path
+    checkpoint: dict[str, Any]
+    test_ids: list[str]
 
 
 class RunFolder:
@@ -151,7 +193,7 @@ class RunFolder:
         return self.path / name
 
     def unit(self, key: UnitKey) -> str:
-        return unit_name(key.model, key.seed, key.fold, self.use_5fold)
+        return key.name(self.use_5fold)
 
     def best_checkpoint(self, key: UnitKey) -> Path:
         return self.path / f"{self.unit(key)}_best.pth"
@@ -161,6 +203,85 @@ class RunFolder:
 
     def best_checkpoints(self) -> list[Path]:
         return sorted(self.path.glob("*_best.pth"))
+
+    def slice_figure(self, seed: int, fold: int, case_id: str) -> Path:
+        """``segmentation_slices_seed_{seed}[_fold_{fold}]_{case_id}.png``: every model's segmentation of the first
+        test case of a seed (and fold, in 5-fold runs)."""
+        return self.path / f"segmentation_slices_seed_{seed}{f'_fold_{fold}' if self.use_5fold else ''}_{case_id}.png"
+
+    def gradcam_figure(self, key: UnitKey) -> Path:
+        return self.path / f"gradcam_{self.unit(key)}.png"
+
+    def prediction_dir(self, key: UnitKey) -> Path:
+        """``predictions/{unit}/`` of ``--export_predictions``."""
+        return self.path / PREDICTIONS_DIR / self.unit(key)
+
+    def reference_dir(self) -> Path:
+        return self.path / PREDICTIONS_DIR / REFERENCES_DIR
+
+    def exported_units(self) -> dict[UnitKey, Path]:
+        """The unit folders under ``predictions/`` (``references/`` is not one), by key."""
+        root = self.path / PREDICTIONS_DIR
+        found = {UnitKey.parse(d.name): d for d in sorted(root.glob("*")) if d.is_dir()}
+        return {k: d for k, d in found.items() if k is not None and self.unit(k) == d.name}
+
+    # ------------------------------------------------------------------ reading a finished run
+    @classmethod
+    def open(cls, path: str | Path, **runtime: Any) -> tuple[RunFolder, ExperimentConfig]:
+        """An existing run folder and its configuration (``load_run_config``; ``runtime`` overrides where the
+        data are and how it runs). Raises ``FileNotFoundError`` when ``path`` is not a run folder."""
+        if not cls.is_run_folder(path):
+            raise FileNotFoundError(f"{path} is not a run folder ({CONFIG_JSON} and {SPLITS_JSON} are needed)")
+        cfg = load_run_config(path, **runtime)
+        return cls(path, cfg.use_5fold), cfg
+
+    def checkpoint_units(self) -> dict[UnitKey, Path]:
+        """Every best checkpoint of the run by unit key (names that are not a unit's are ignored)."""
+        found = {}
+        for path in self.best_checkpoints():
+            name = path.name.removesuffix("_best.pth")
+            key = UnitKey.parse(name)
+            if key is not None and self.unit(key) == name:
+                found[key] = path
+        return found
+
+    def test_units(self) -> Iterator[TestUnit]:
+        """Every best checkpoint with the test cases of its seed and fold, loaded (weights-only) one at a time as
+        iterated, in file-name order; a run without checkpoints raises at once."""
+        splits, checkpoints = self.read_splits() or {}, self.best_checkpoints()
+        if not checkpoints:
+            raise FileNotFoundError(f"no *_best.pth checkpoints in {self.path}")
+        return (self._test_unit(splits, path) for path in checkpoints)
+
+    def _test_unit(self, splits: dict[str, Any], path: Path) -> TestUnit:
+        ckpt = load_checkpoint(path, BEST_KEYS + ("seed", "fold"))
+        key = UnitKey(ckpt["model_name"], ckpt["seed"], ckpt["fold"])
+        split = next((f for f in splits.get(str(key.seed), {}).get("folds", []) if f["fold"] == key.fold), None)
+        if split is None:
+            raise CheckpointError(f"{path}: seed {key.seed} fold {key.fold} is not in {self.path / SPLITS_JSON}")
+        return TestUnit(key, path, ckpt, list(split["test"]))
+
+    def select_checkpoints(self, models: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
+                           folds: Sequence[int] | None = None) -> list[Path]:
+        """The best checkpoints to ensemble: those of ``models`` (default: the run's one model; a run of several
+        models needs ``models``), restricted to ``seeds`` and ``folds`` when given."""
+        found = self.checkpoint_units()
+        available = sorted({key.model for key in found})
+        if not available:
+            raise FileNotFoundError(f"no *_best.pth checkpoints in {self.path}")
+        if not models and len(available) > 1:
+            raise ValueError(f"the run has best checkpoints of several models ({', '.join(available)}); "
+                             "choose with --models")
+        for model in models or ():
+            if model not in available:
+                raise ValueError(f"no best checkpoint of model {model!r} in {self.path} (it has: "
+                                 f"{', '.join(available)})")
+        chosen = [path for key, path in found.items() if key.model in (models or available)
+                  and (not seeds or key.seed in seeds) and (not folds or key.fold in folds)]
+        if not chosen:
+            raise ValueError(f"no best checkpoint in {self.path} matches seeds {list(seeds or [])} "
+                             f"folds {list(folds or [])}")
+        return chosen
 
     # ------------------------------------------------------------------ run-level files
     def write_config(self, record: Mapping[str, Any]) -> None:
@@ -181,9 +302,9 @@ class RunFolder:
         if errors or (self.path / SKIPPED_CSV).exists():
             write_csv(self.path / SKIPPED_CSV, pd.DataFrame(errors, columns=SKIPPED_COLUMNS))
 
-    def finished_units(self) -> set[tuple[str, int, int]]:
+    def finished_units(self) -> set[UnitKey]:
         done = read_csv(self.path / RESULTS_CSV, RESULT_COLUMNS)
-        return {(r.model, int(r.seed), int(r.fold)) for r in done.itertuples()}
+        return {UnitKey.of(row) for row in done.to_dict("records")}
 
     # ------------------------------------------------------------------ a unit's rows
     def append_epoch(self, key: UnitKey, row: Mapping[str, Any]) -> None:

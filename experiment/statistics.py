@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from metrics import mean_region_dice
 from utils.labels import REGIONS
 
 DICE_REGION_KEYS: tuple[str, ...] = tuple(f"dice_{r}" for r in REGIONS)
@@ -72,7 +73,7 @@ def case_values(per_case: pd.DataFrame, metrics: Sequence[str] | None = None) ->
         raise ValueError(f"per-case table lacks column(s) {missing}; it has {list(per_case.columns)}")
     data = per_case.assign(model=per_case["model"].astype(str), case_id=per_case["case_id"].astype(str))
     if "dice_mean" not in data.columns and all(k in data.columns for k in DICE_REGION_KEYS):
-        data["dice_mean"] = data[list(DICE_REGION_KEYS)].astype(float).mean(axis=1)
+        data["dice_mean"] = mean_region_dice(data[list(DICE_REGION_KEYS)].astype(float))
     if metrics is None:
         metrics = [c for c in data.columns if c not in ("model", "seed", "fold", "case_id")
                    and pd.api.types.is_numeric_dtype(data[c])]

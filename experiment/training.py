@@ -1,14 +1,17 @@
-"""Training of one unit (model, seed, fold), as a short skeleton over named steps:
+"""Training of one unit (model, seed, fold), as a short skeleton over named steps and hooks:
 
-    trainer = UnitTrainer(...)          build: model, DDP/compile wrapper, optimizer, schedule, loss
-    trainer.resume()                    continue from the unit's last checkpoint, if any
-    for epoch in ...:
-        trainer.train_epoch(epoch)      one pass over the training loader (train_step per batch)
-        trainer.validate()              whole validation volumes, sliding window
-        trainer.end_epoch(...)          best/last checkpoints, the epoch row, the log line
+    trainer = trainer_class(cfg.trainer)(...)   build: model, DDP/compile wrapper, predictor, and the hooks
+                                                build_loss(), build_optimizer(), build_scheduler()
+    trainer.resume()                            continue from the unit's last checkpoint, if any
+    trainer.fit()                               for each epoch:
+        train_epoch(loader, epoch)                  one pass (train_step per batch; batch_transform on the device)
+        validate()                                  whole validation volumes through the unit's Predictor
+        end_epoch(...)                              best/last checkpoints, the epoch row, the log line
 
-in the spirit of nnU-Net's trainer hooks. Beside it: the stop flag set by SIGINT/SIGTERM, the RNG
-state kept in checkpoints, and the weight fingerprint that tells whether DDP ranks stayed in sync.
+in the spirit of nnU-Net's trainer classes (``-tr``): ``--trainer NAME`` picks a class registered with
+:func:`register_trainer` (or ``module:Class``); a subclass overrides a hook and nothing else
+(``docs/TRAINERS.md`` shows one). Beside it: the stop flag set by SIGINT/SIGTERM, the RNG state kept in
+checkpoints, and the weight fingerprint that tells whether DDP ranks stayed in sync.
 
 GPU speed: a step never waits for the GPU. The loss is accumulated on the device; every
 :data:`CHECK_EVERY` steps and at the end of the epoch one all-reduce of (non-finite steps, stop
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import logging
 import math
 import random
@@ -41,11 +45,13 @@ from tqdm.auto import tqdm
 from experiment.config import ExperimentConfig
 from experiment.data import build_train_loader
 from experiment.evaluation import validation_dice
+from experiment.predictor import InferenceSettings, Predictor
 from experiment.run_folder import VAL_DICE_KEYS, RunFolder, UnitKey
 from losses import make_loss
+from models import get_model, model_spec
 from utils import distributed as du
 from utils.checkpoint import BEST_KEYS, load_checkpoint, load_pretrained, save_checkpoint, unwrap_model
-from utils.experiment_utils import autocast_context, get_model, model_spec, set_seed
+from utils.runtime import autocast_context, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +177,12 @@ def _checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any
 
 # ----------------------------------------------------------------------------- the trainer
 class UnitTrainer:
-    """The state of one unit's training and its named steps (see the module docstring)."""
+    """The state of one unit's training, its named steps and its hooks (see the module docstring).
+
+    Hooks a subclass may override (each is called once per unit, or per batch for ``batch_transform``):
+    :meth:`build_loss`, :meth:`build_optimizer`, :meth:`build_scheduler`, :meth:`build_train_loader` and
+    :meth:`batch_transform`. ``self.model`` is the bare model, ``self.cfg`` the run's configuration.
+    """
 
     def __init__(self, model_name: str, cfg: ExperimentConfig, cache: Any, split: dict[str, list[str]],
                  key: UnitKey, run: RunFolder, ctx: du.DistContext) -> None:
@@ -182,8 +193,35 @@ class UnitTrainer:
         self.device, self.amp = ctx.device, cfg.resolved_amp(ctx.device)
         self.epoch, self.start_epoch, self.steps_per_epoch = 0, 0, 0
         self.best = TrainResult({}, -1, -math.inf)
+        self.on_progress: Callable[[int, int, float], None] | None = None  # (epoch, steps, mean loss), rank 0
         self._build()
 
+    # ------------------------------------------------------------------ hooks
+    def build_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The training loss, called as ``loss(logits float32 (B, K, *spatial), label int64 (B, *spatial))``."""
+        return make_loss(self.cfg.loss)
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        """AdamW over the model's parameters (fused on CUDA)."""
+        return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                 fused=self.device.type == "cuda")
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """The learning-rate schedule, stepped once per epoch: polynomial decay (power 0.9) over the epochs."""
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=self.cfg.epochs, power=0.9)
+
+    def build_train_loader(self) -> Any:
+        """The loader of training patches (3D) or slices (2D) of this unit (``experiment.data``)."""
+        loader, _, _ = build_train_loader(self.cfg, self.cache, self.split["train"], self.modalities, self.key.seed,
+                                          self.ctx)
+        return loader
+
+    def batch_transform(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Applied to every training batch on the device, after the host-to-device copy and before the forward
+        pass (image float32 (B, C, *spatial), label int64 (B, *spatial)). Identity here."""
+        return image, label
+
+    # ------------------------------------------------------------------ build
     def _build(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         set_seed(self.key.seed, cfg.deterministic)  # identical initial weights on every rank
@@ -206,15 +244,15 @@ class UnitTrainer:
         if ctx.distributed:
             self.train_module = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.infer_module: nn.Module = self.model
         if cfg.compile:
             self.train_module = torch.compile(self.train_module)
-            self.infer_module = torch.compile(self.model)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                           fused=self.device.type == "cuda")
-        self.scheduler = torch.optim.lr_scheduler.PolynomialLR(self.optimizer, total_iters=cfg.epochs, power=0.9)
+        # validation predicts as the test does (same settings; the live weights, compiled with --compile)
+        self.predictor = Predictor.from_model(self.model, self.modalities,
+                                              InferenceSettings.from_config(cfg, self.device), self.unit)
+        self.optimizer = self.build_optimizer()
+        self.scheduler = self.build_scheduler(self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
-        self.loss_fn = make_loss(self.cfg.loss)
+        self.loss_fn = self.build_loss()
         self.autocast = autocast_context(self.device, self.amp)
 
     def _sync_batchnorm(self, model: nn.Module) -> nn.Module:
@@ -259,6 +297,7 @@ class UnitTrainer:
         fmt = memory_format(self.cfg.dim) if self.cfg.channels_last else torch.contiguous_format
         image = image.to(self.device, non_blocking=True, memory_format=fmt)
         label = label.to(self.device, non_blocking=True).long()  # uint8 from the loader
+        image, label = self.batch_transform(image, label)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.train_module(image)
@@ -272,10 +311,13 @@ class UnitTrainer:
         return loss.detach()
 
     def check(self, stats: torch.Tensor, steps: int) -> None:
-        """All ranks agree, at the same step, whether to stop: one all-reduce of (non-finite steps, stop
-        request), read on the host. ``stats`` holds this rank's (loss sum, non-finite steps)."""
+        """All ranks agree, at the same step, whether to stop: one all-reduce of (loss sum, non-finite steps,
+        stop request), read on the host. ``stats`` holds this rank's (loss sum, non-finite steps). The mean
+        loss so far goes to ``on_progress(epoch, steps, loss)`` on rank 0 (trackers), at no extra sync."""
         stop = torch.tensor(float(STOP.requested), dtype=torch.float64, device=self.device)
-        bad, stop = du.all_reduce_sum(torch.stack([stats[1], stop])).tolist()
+        loss_sum, bad, stop = du.all_reduce_sum(torch.stack([stats[0], stats[1], stop])).tolist()
+        if self.on_progress is not None and self.ctx.is_main and steps > 0:
+            self.on_progress(self.epoch, steps, loss_sum / self.ctx.world_size / steps)
         if stop > 0:
             raise Interrupted(f"stopped during epoch {self.epoch}")
         if bad > 0:
@@ -309,10 +351,7 @@ class UnitTrainer:
     def validate(self) -> dict[str, float]:
         """Validation Dice of rank 0's weights and buffers on every rank (what rank 0 checkpoints)."""
         du.broadcast_module_state(self.model)
-        cfg = self.cfg
-        return validation_dice(self.infer_module, self.cache, self.split["val"], self.modalities, dim=cfg.dim,
-                               patch=cfg.spatial_patch, overlap=cfg.overlap, device=self.device, amp=self.amp,
-                               sw_batch_size=cfg.resolved_sw_batch_size())
+        return validation_dice(self.predictor, self.cache, self.split["val"])
 
     # ------------------------------------------------------------------ end of an epoch
     def end_epoch(self, epoch: int, train_loss: float, lr: float, val: dict[str, float], seconds: float
@@ -360,30 +399,79 @@ class UnitTrainer:
         return self.best
 
 
+    # ------------------------------------------------------------------ the epochs
+    def fit(self, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+        """Train from ``start_epoch`` to the last epoch; ``on_epoch_end(row)`` runs on rank 0 after each."""
+        loader = self.build_train_loader()
+        for epoch in range(self.start_epoch, self.cfg.epochs):
+            t0 = time.perf_counter()
+            train_loss = self.train_epoch(loader, epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.scheduler.step()
+            val = self.validate() if self.validates(epoch) else dict.fromkeys(VAL_DICE_KEYS, math.nan)
+            row = self.end_epoch(epoch, train_loss, lr, val, time.perf_counter() - t0)
+            if self.ctx.is_main and on_epoch_end:
+                on_epoch_end(row)
+            if du.any_rank_true(STOP.requested, self.ctx.device):
+                raise Interrupted(f"stopped after epoch {epoch}")
+        return self.finish()
+
+
+# ----------------------------------------------------------------------------- trainer registry
+DEFAULT_TRAINER = "UnitTrainer"
+TRAINERS: dict[str, type[UnitTrainer]] = {DEFAULT_TRAINER: UnitTrainer}
+
+
+def register_trainer(name: str) -> Callable[[type[UnitTrainer]], type[UnitTrainer]]:
+    """Class decorator: ``--trainer NAME`` selects the class (a subclass of :class:`UnitTrainer`)."""
+
+    def decorator(cls: type[UnitTrainer]) -> type[UnitTrainer]:
+        if not (isinstance(cls, type) and issubclass(cls, UnitTrainer)):
+            raise TypeError(f"trainer {name!r} must be a subclass of UnitTrainer, got {cls!r}")
+        if name in TRAINERS and TRAINERS[name] is not cls:
+            log.warning("trainer %r registered twice; the later class wins", name)
+        TRAINERS[name] = cls
+        return cls
+
+    return decorator
+
+
+def trainer_class(name: str) -> type[UnitTrainer]:
+    """The class of ``--trainer``: a registered name, or ``package.module:Class`` (imported; importing the
+    module also registers what it decorates). Raises ``ValueError`` naming the choices."""
+    if name in TRAINERS:
+        return TRAINERS[name]
+    module_name, sep, attr = name.partition(":")
+    if sep and module_name and attr:
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"--trainer {name}: cannot import {attr} from {module_name} ({exc})") from None
+        if not (isinstance(cls, type) and issubclass(cls, UnitTrainer)):
+            raise ValueError(f"--trainer {name}: {attr} is not a subclass of experiment.training.UnitTrainer")
+        return cls
+    raise ValueError(f"unknown --trainer {name!r}; registered: {', '.join(sorted(TRAINERS))}, "
+                     "or give module:Class of an importable subclass of UnitTrainer")
+
+
 def train_model(
     model_name: str, cfg: ExperimentConfig, cache: Any, split: dict[str, list[str]], seed: int, fold: int,
     run: RunFolder | str | Path, ctx: du.DistContext, *,
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    on_progress: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
-    """Train one unit; validate each epoch; keep the best weights (by validation mean Dice).
+    """Train one unit with the trainer class of ``cfg.trainer``; validate each epoch; keep the best weights (by
+    validation mean Dice).
 
     Every epoch a ``last`` checkpoint (model, optimizer, scheduler, scaler, RNG, curves, best score) is
     written atomically to ``run/last/``; the best weights go to ``{unit}_best.pth``. When a last
-    checkpoint exists, training continues from the epoch after it. ``on_epoch_end(row)`` runs on rank 0.
+    checkpoint exists, training continues from the epoch after it. ``on_epoch_end(row)`` runs on rank 0 after
+    each epoch, ``on_progress(epoch, steps, mean loss)`` on rank 0 every ``CHECK_EVERY`` steps.
     """
     run = run if isinstance(run, RunFolder) else RunFolder(run, cfg.use_5fold)
-    trainer = UnitTrainer(model_name, cfg, cache, split, UnitKey(model_name, seed, fold), run, ctx)
+    cls = trainer_class(cfg.trainer)
+    trainer = cls(model_name, cfg, cache, split, UnitKey(model_name, seed, fold), run, ctx)
+    log.info("[%s] trainer %s.%s", trainer.unit, cls.__module__, cls.__qualname__)
+    trainer.on_progress = on_progress
     trainer.resume()
-    loader, _, _ = build_train_loader(cfg, cache, split["train"], trainer.modalities, seed, ctx)
-    for epoch in range(trainer.start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        train_loss = trainer.train_epoch(loader, epoch)
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        trainer.scheduler.step()
-        val = trainer.validate() if trainer.validates(epoch) else dict.fromkeys(VAL_DICE_KEYS, math.nan)
-        row = trainer.end_epoch(epoch, train_loss, lr, val, time.perf_counter() - t0)
-        if ctx.is_main and on_epoch_end:
-            on_epoch_end(row)
-        if du.any_rank_true(STOP.requested, ctx.device):
-            raise Interrupted(f"stopped after epoch {epoch}")
-    return trainer.finish()
+    return trainer.fit(on_epoch_end)

@@ -35,6 +35,7 @@ the ET region, whose Dice is ``dice_et``. Empty conventions as the region Dice.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -285,7 +286,7 @@ def brats_region_metrics(
         The keys of :data:`REGION_METRIC_KEYS` as Python floats: ``dice_{wt,tc,et}``,
         ``hd95_{wt,tc,et}``, ``nsd_{wt,tc,et}``, ``dice_ncr``, ``dice_ed``, with the BraTS
         empty-mask conventions (module docstring). The mean of the three region Dice values is
-        not included: use :func:`add_dice_mean` or :func:`mean_metrics`.
+        not included: use :func:`mean_region_dice` or :func:`mean_metrics`.
 
     Raises:
         ValueError: different shapes, not 2D/3D, non-integer dtype, labels outside 0..3, bad
@@ -311,14 +312,22 @@ def brats_region_metrics(
     return {key: metrics[key] for key in REGION_METRIC_KEYS}
 
 
-def add_dice_mean(metrics: Mapping[str, float]) -> dict[str, float]:
-    """Copy of ``metrics`` with ``dice_mean`` = mean of ``dice_wt``, ``dice_tc``, ``dice_et``."""
-    missing = [f"dice_{r}" for r in REGIONS if f"dice_{r}" not in metrics]
+def mean_region_dice(values: Any, prefix: str = "dice_") -> Any:
+    """The mean Dice over the BraTS regions (``{prefix}wt``, ``{prefix}tc``, ``{prefix}et``): the suite's one
+    definition of "mean Dice" (test, validation and model selection use it).
+
+    ``values``: a mapping (one case or one unit) -> float; a table with those columns (a pandas DataFrame)
+    -> its row-wise means (a Series)."""
+    columns = [f"{prefix}{r}" for r in REGIONS]
+    if hasattr(values, "columns"):  # a DataFrame: one mean per row
+        missing = [c for c in columns if c not in values.columns]
+        if missing:
+            raise ValueError(f"the table lacks {missing}; it has {list(values.columns)}")
+        return values[columns].mean(axis=1)
+    missing = [c for c in columns if c not in values]
     if missing:
         raise ValueError(f"metrics lack {missing}; expected the keys of brats_region_metrics()")
-    out = dict(metrics)
-    out["dice_mean"] = float(np.mean([metrics[f"dice_{r}"] for r in REGIONS]))
-    return out
+    return sum(float(values[c]) for c in columns) / len(columns)
 
 
 def mean_metrics(per_case: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -336,7 +345,7 @@ def mean_metrics(per_case: Sequence[Mapping[str, float]]) -> dict[str, float]:
             raise ValueError(f"per-case dict {i} has keys {sorted(row)}, expected {sorted(keys)}")
     means = {key: float(np.mean([row[key] for row in per_case])) for key in keys}
     if all(f"dice_{r}" in means for r in REGIONS) and "dice_mean" not in means:
-        means = add_dice_mean(means)
+        means["dice_mean"] = mean_region_dice(means)
     return means
 
 

@@ -7,4 +7,12 @@
 """
 
 from models import dualbranch, transformers, unet  # noqa: F401  (importing a family registers its models)
-from models.registry import create_model, list_models, model_spec, register_model  # noqa: F401
+from models.registry import (  # noqa: F401  (the public API of the model zoo)
+    ModelSpec,
+    create_model,
+    deploy,
+    get_model,
+    list_models,
+    model_spec,
+    register_model,
+)

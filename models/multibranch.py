@@ -327,7 +327,8 @@ def register_variants(
     for base, (config, description) in variants.items():
         for size in sizes:
             name = f"{base}_{size}"
-            register_model(name, modalities=config.modalities, dims=("2d", "3d"), family=family, description=description)(
+            register_model(name, modalities=config.modalities, dims=("2d", "3d"), family=family,
+                           description=description)(
                 make_factory(config, DUALBRANCH_CHANNELS[size], name)
             )
 

@@ -139,5 +139,19 @@ def create_model(name: str, dim: str = "3d", patch_size: Sequence[int] = (128, 1
     return spec.factory(dim=dim, patch_size=ps, in_channels=spec.in_channels, out_channels=NUM_CLASSES)
 
 
+def get_model(name: str, dim: str = "3d", patch_size: Sequence[int] = (128, 128, 128)) -> nn.Module:
+    """Build ``name`` for ``dim``: input ``(B, len(spec.modalities), *spatial)``, output logits
+    ``(B, NUM_CLASSES, *spatial)``; the registry checks the name, the dim and the patch size."""
+    return create_model(name, dim=dim, patch_size=patch_size)
+
+
+def deploy(model: nn.Module) -> int:
+    """Re-parameterise ``model`` for inference, in place, through its own ``reparameterize()`` hook (e.g. the
+    RepLK models fuse their large and small kernels, exact in eval mode); a model without the hook is left as
+    it is. Returns the number of fused layers. Callers need not know which families fuse what."""
+    hook = getattr(model, "reparameterize", None)
+    return int(hook()) if callable(hook) else 0
+
+
 def spatial_dims(dim: str) -> int:
     return {"2d": 2, "3d": 3}[dim]

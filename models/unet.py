@@ -62,7 +62,8 @@ class UNet(nn.Module):
 
         def down(cin: int, cout: int) -> nn.Module:
             if downsampling == "maxpool":
-                return nn.Sequential(Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2), DoubleConv(spatial_dims, cin, cout))
+                return nn.Sequential(Pool[Pool.MAX, spatial_dims](kernel_size=2, stride=2),
+                                     DoubleConv(spatial_dims, cin, cout))
             return DoubleConv(spatial_dims, cin, cout, stride=2)
 
         self.encoder1 = DoubleConv(spatial_dims, in_channels, c1)

@@ -56,3 +56,30 @@ def test_main_write_and_check(rows, tmp_path, capsys, monkeypatch):
     path.write_text(path.read_text(encoding="utf-8") + "edited by hand\n", encoding="utf-8")
     assert main(["--check", str(path)]) == 1
     assert "out of date" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the README's options table
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_options_table_is_generated_from_the_config_and_current():
+    from experiment.config import build_parser, options_table, readme_with_table
+
+    text = README.read_text(encoding="utf-8")
+    assert readme_with_table(text) == text, (
+        "README.md's options table is out of date; regenerate it with: python -m experiment.config --write README.md")
+    table = options_table()
+    parser_flags = {s for a in build_parser()._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
+    table_flags = {line.split("`")[1].split()[0] for line in table.splitlines() if line.startswith("| `")}
+    assert table_flags == parser_flags  # every option of the command, nothing else
+    assert "`--dataset_version {brats2018,brats2021,brats2023,synthetic,msd,nnunet}`" in table
+
+
+def test_readme_table_regeneration_replaces_only_the_marked_part():
+    from experiment.config import TABLE_END, TABLE_START, readme_with_table
+
+    text = f"before\n{TABLE_START}\nstale\n{TABLE_END}\nafter\n"
+    out = readme_with_table(text)
+    assert out.startswith("before\n") and out.endswith("after\n") and "stale" not in out and "--epochs" in out
+    with pytest.raises(ValueError, match="markers"):
+        readme_with_table("no table here")

@@ -101,7 +101,8 @@ def test_concurrent_builds_build_each_case_once(data_path: Path, tmp_path: Path)
         futures = [pool.submit(_build_in_process, str(tmp_path / "c"), str(data_path)) for _ in range(2)]
         built = [f.result() for f in futures]
     assert sorted(built[0] + built[1]) == ["BraTS2021_00000", "BraTS2021_00001", "BraTS2021_00002"]
-    assert sorted(p.name for p in (tmp_path / "c").iterdir() if not p.name.startswith(".")) == sorted(built[0] + built[1])
+    cached = sorted(p.name for p in (tmp_path / "c").iterdir() if not p.name.startswith("."))
+    assert cached == sorted(built[0] + built[1])
 
 
 def test_parallel_build_equals_serial(cache: PreprocessedCache, data_path: Path, tmp_path: Path) -> None:

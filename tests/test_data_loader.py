@@ -341,7 +341,7 @@ def test_holdout_split() -> None:
     assert (len(small["train"]), len(small["val"]), len(small["test"])) == (1, 1, 1)
     with pytest.raises(ValueError, match="at least 3"):
         make_splits(IDS[:2], seed=0)
-    with pytest.raises(ValueError, match="duplicates"):
+    with pytest.raises(ValueError, match=f"duplicate case ids in the split's case ids: {IDS[0]}"):
         make_splits(IDS[:3] + IDS[:1], seed=0)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,31 @@ def test_run_writes_every_file_and_column(finished_run):
     assert not (run / "last").exists(), "the resume state of finished units is removed"
 
 
+def readme_outputs() -> list[re.Pattern]:
+    """The file names of the README's Outputs table (first column), as patterns: ``{...}`` matches any text."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Outputs\n", 1)[1].split("\n## ", 1)[0]
+    names = [name for line in section.splitlines() if line.startswith("| `")
+             for name in re.findall(r"`([^`]+)`", line.split(" | ")[0])]
+    return [re.compile("".join(".+" if part.startswith("{") else re.escape(part)
+                               for part in re.split(r"(\{[^}]*\})", name)) + "$") for name in names]
+
+
+def assert_listed_under_outputs(run: Path) -> None:
+    patterns = readme_outputs()
+    unlisted = [p.name + ("/" if p.is_dir() else "") for p in run.iterdir()
+                if not any(pat.match(p.name + ("/" if p.is_dir() else "")) for pat in patterns)]
+    assert not unlisted, f"written by the run but not listed under the README's Outputs: {unlisted}"
+
+
+def test_every_file_of_a_run_is_listed_under_outputs(finished_run):
+    _, summary = finished_run
+    evaluate_experiment.main(["--results_dir", str(summary.run_dir)])  # evaluation_*.csv too
+    assert_listed_under_outputs(summary.run_dir)
+    assert len(readme_outputs()) > 20
+    assert not any(p.match("unlisted_file.csv") for p in readme_outputs())
+
+
 def test_summary_equals_mean_of_per_case_rows(finished_run):
     _, summary = finished_run
     run = summary.run_dir
@@ -157,6 +183,8 @@ def test_five_fold_tests_every_case_exactly_once(data_root, tmp_path):
     assert per_case["case_id"].is_unique
     for k in range(5):
         assert (summary.run_dir / f"unet3d_xs_seed_24_fold_{k}_best.pth").is_file()
+        assert len(list(summary.run_dir.glob(f"segmentation_slices_seed_24_fold_{k}_*.png"))) == 1
+    assert_listed_under_outputs(summary.run_dir)
 
 
 def test_a_failing_unit_is_recorded_and_the_others_finish(data_root, tmp_path, monkeypatch):
@@ -313,3 +341,79 @@ def test_run_log_holds_the_runs_progress_with_timestamps(finished_run):
     assert len(epoch_lines) == 2 * cfg.epochs, "one line per epoch and model"
     assert all(line[:4].isdigit() and line[4] == "-" for line in epoch_lines), "each line starts with a timestamp"
     assert any("run folder:" in line for line in lines) and any("test Dice WT/TC/ET" in line for line in lines)
+
+
+# ------------------------------------------------------------------ trainers
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _cli_args(data_root: Path, results: Path) -> list[str]:
+    return ["--data_path", str(data_root), "--dataset_version", "synthetic", "--synthetic_cases", str(N_CASES),
+            "--synthetic_shape", *map(str, SHAPE), "--cache_dir", str(data_root / "cache"), "--epochs", "1",
+            "--models", "unet3d_xs", "--dim", "3d", "--patch_size", "32", "32", "32", "--num_workers", "0",
+            "--device", "cpu", "--patches_per_case", "2", "--seeds", "24", "--lr", "3e-3", "--batch_size", "2",
+            "--no_efficiency", "--results_dir", str(results)]
+
+
+def test_the_docs_example_trainer_trains_through_the_cli(data_root, tmp_path):
+    """docs/TRAINERS.md's example, selected by ``--trainer module:Class`` in a fresh process: the unit trains with
+    its loss and batch transform (the epoch loss differs from the default trainer's on the same unit), and
+    config.json and run.log name it."""
+    import json
+    import os
+    import re
+    import subprocess
+    import sys
+
+    example = re.search(r"```python\n(.*?)```", (DOCS / "TRAINERS.md").read_text(), re.S).group(1)
+    (tmp_path / "my_trainers.py").write_text(example)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "integrated_experiment.py"),
+                           *_cli_args(data_root, tmp_path / "custom"), "--trainer", "my_trainers:DiceFocalTrainer"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = next((tmp_path / "custom").iterdir())
+    assert json.loads((run / "config.json").read_text())["config"]["trainer"] == "my_trainers:DiceFocalTrainer"
+    assert "trainer my_trainers.DiceFocalTrainer" in (run / "run.log").read_text()
+    custom = pd.read_csv(run / "all_epochs_results.csv")
+    assert pd.read_csv(run / "integrated_experiment_results.csv")["test_dice_wt"].notna().all()
+
+    default = run_integrated_experiment(tiny_config(data_root, tmp_path / "default", epochs=1,
+                                                    measure_efficiency=False)).run_dir
+    plain = pd.read_csv(default / "all_epochs_results.csv")
+    assert custom["train_loss"].iloc[0] != pytest.approx(plain["train_loss"].iloc[0], rel=1e-3)
+
+
+def test_trainer_hooks_are_called_and_unknown_trainers_refused(data_root, tmp_path, capsys):
+    from experiment.training import TRAINERS, register_trainer, trainer_class
+
+    calls = []
+
+    @register_trainer("RecordingSGDTrainer")
+    class RecordingSGDTrainer(UnitTrainer):
+        def build_optimizer(self):
+            calls.append("optimizer")
+            return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=0.9)
+
+        def batch_transform(self, image, label):
+            calls.append(("batch", str(image.device), label.dtype))
+            return image, label
+
+    try:
+        assert trainer_class("RecordingSGDTrainer") is RecordingSGDTrainer
+        cfg = tiny_config(data_root, tmp_path, epochs=1, measure_efficiency=False, trainer="RecordingSGDTrainer")
+        summary = run_integrated_experiment(cfg)
+        assert summary.exit_code == 0
+        steps = int(pd.read_csv(summary.run_dir / "integrated_experiment_results.csv")["steps_per_epoch"].iloc[0])
+        assert calls[0] == "optimizer" and calls[1:] == [("batch", "cpu", torch.int64)] * steps
+    finally:
+        TRAINERS.pop("RecordingSGDTrainer", None)
+    with pytest.raises(ValueError, match="registered: UnitTrainer"):
+        trainer_class("NoSuchTrainer")
+    with pytest.raises(ValueError, match="not a subclass"):
+        trainer_class("os:path")
+    code = integrated_experiment.main(["--dataset_version", "synthetic", "--data_path", str(tmp_path / "none"),
+                                       "--trainer", "NoSuchTrainer", "--results_dir", str(tmp_path / "r")])
+    assert code == 2 and "unknown --trainer 'NoSuchTrainer'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()

@@ -18,7 +18,8 @@ import predict
 from brats_data.cases import unmap_labels
 from experiment.config import load_run_config
 from experiment.data import open_prepared_cache
-from experiment.export import BRATS_EVAL_INSTALL, DEFAULT_BRATS_EVAL_PYTHON, uncrop, write_segmentation
+from experiment.export import uncrop, write_segmentation
+from experiment.official_eval import BRATS_EVAL_INSTALL, DEFAULT_BRATS_EVAL_PYTHON
 from metrics import brats_region_metrics
 from tests.test_predict import tiny_run
 from utils.labels import MODALITIES
@@ -109,7 +110,8 @@ def test_official_eval_without_its_environment_says_how_to_create_it(exported, c
 
 
 @pytest.mark.skipif(not DEFAULT_BRATS_EVAL_PYTHON.exists(),
-                    reason=f"the official BraTS evaluation environment is missing; create it with: {BRATS_EVAL_INSTALL}")
+                    reason="the official BraTS evaluation environment is missing; create it with: "
+                           f"{BRATS_EVAL_INSTALL}")
 def test_official_eval_scores_the_exported_predictions(exported):
     run, cases = exported
     assert evaluate_experiment.main(["--results_dir", str(run), "--official_eval"]) == 0

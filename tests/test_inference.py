@@ -13,7 +13,7 @@ import torch.nn as nn
 import experiment_runner as er
 from experiment import efficiency
 from experiment.efficiency import count_flops
-from experiment.evaluation import cosine_weight_map, sliding_window_predict
+from experiment.predictor import cosine_weight_map, sliding_window_predict
 
 
 class LabelEcho(nn.Module):
@@ -133,15 +133,15 @@ def test_modality_weights_are_averaged_over_every_window_of_a_case():
     label = rng.integers(0, 4, size=(20, 40, 40)).astype(np.uint8)
     image = np.concatenate([label[None].astype(np.float32), rng.normal(size=(3, *label.shape)).astype(np.float32)])
     model = GatedEcho()
-    result = er.evaluate_model(model, FakeCache({"c1": (image, label)}), ["c1"], model.modality_names, dim="3d",
-                               patch=(16, 16, 16), overlap=0.25, device=torch.device("cpu"), progress=False)
+    settings = er.InferenceSettings("3d", (16, 16, 16), overlap=0.25)
+    result = er.evaluate_model(er.Predictor.from_model(model, model.modality_names, settings),
+                               FakeCache({"c1": (image, label)}), ["c1"], progress=False)
     assert len(model.log) > 2, "several windows"
     expected = torch.stack(model.log).mean(0)
     got = [result.modality_weights[m][0] for m in model.modality_names]
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6)
     assert result.per_case[0]["dice_wt"] == 1.0
 
-    ungated = er.evaluate_model(GatedEcho(gated=False), FakeCache({"c1": (image, label)}), ["c1"],
-                                model.modality_names, dim="3d", patch=(16, 16, 16), overlap=0.25,
-                                device=torch.device("cpu"), progress=False)
+    ungated = er.evaluate_model(er.Predictor.from_model(GatedEcho(gated=False), model.modality_names, settings),
+                                FakeCache({"c1": (image, label)}), ["c1"], progress=False)
     assert ungated.modality_weights == {}

@@ -68,7 +68,8 @@ def write_msd(root: Path, n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for i in range(n):
         images, seg = synthesize_case(0, i, SHAPE, difficulty="easy")
         case = f"BRATS_{i + 1:03d}"
-        _save(np.stack([images[c] for c in MSD_ORDER], axis=-1).astype(np.float32), task / "imagesTr" / f"{case}.nii.gz")
+        _save(np.stack([images[c] for c in MSD_ORDER], axis=-1).astype(np.float32),
+              task / "imagesTr" / f"{case}.nii.gz")
         _save(_relabel(seg, MSD_VALUES).astype(np.uint8), task / "labelsTr" / f"{case}.nii.gz")
         arrays[case] = (images, seg)
     (task / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 macOS resource fork")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
@@ -15,7 +16,6 @@ from metrics import (
     HD95_EMPTY,
     NSD_KEYS,
     REGION_METRIC_KEYS,
-    add_dice_mean,
     bounding_box,
     brats_region_metrics,
     confusion_matrix,
@@ -23,6 +23,7 @@ from metrics import (
     dice_from_counts,
     hd95,
     mean_metrics,
+    mean_region_dice,
     normalized_surface_dice,
     precision_recall,
     region_dice_counts,
@@ -381,21 +382,27 @@ def test_bad_arguments_raise(pred, target, spacing, message):
 # ---------------------------------------------------------------------------------- aggregation
 
 
-def test_add_dice_mean_and_mean_metrics():
+def test_mean_region_dice_and_mean_metrics():
     case_a = {"dice_wt": 0.9, "dice_tc": 0.6, "dice_et": 0.3, "hd95_wt": 2.0, "hd95_tc": 4.0, "hd95_et": 6.0}
     case_b = {"dice_wt": 0.7, "dice_tc": 0.4, "dice_et": 0.1, "hd95_wt": 4.0, "hd95_tc": 6.0, "hd95_et": 8.0}
-    assert add_dice_mean(case_a)["dice_mean"] == pytest.approx(0.6)
-    assert "dice_mean" not in case_a  # a copy, the input is untouched
+    assert mean_region_dice(case_a) == pytest.approx(0.6)
+    table = pd.DataFrame([case_a, case_b])
+    np.testing.assert_allclose(mean_region_dice(table), [0.6, 0.4])  # one mean per row
+    val = {"val_dice_wt": 1.0, "val_dice_tc": 0.5, "val_dice_et": 0.0}
+    assert mean_region_dice(val, prefix="val_dice_") == 0.5
     means = mean_metrics([case_a, case_b])
     assert means == pytest.approx(
-        {"dice_wt": 0.8, "dice_tc": 0.5, "dice_et": 0.2, "dice_mean": 0.5, "hd95_wt": 3.0, "hd95_tc": 5.0, "hd95_et": 7.0}
+        {"dice_wt": 0.8, "dice_tc": 0.5, "dice_et": 0.2, "dice_mean": 0.5, "hd95_wt": 3.0, "hd95_tc": 5.0,
+         "hd95_et": 7.0}
     )
     with pytest.raises(ValueError, match="at least one"):
         mean_metrics([])
     with pytest.raises(ValueError, match="keys"):
         mean_metrics([case_a, {"dice_wt": 1.0}])
     with pytest.raises(ValueError, match="dice_tc"):
-        add_dice_mean({"dice_wt": 1.0})
+        mean_region_dice({"dice_wt": 1.0})
+    with pytest.raises(ValueError, match="dice_et"):
+        mean_region_dice(table.drop(columns="dice_et"))
 
 
 # ---------------------------------------------------------------------------------- confusion / precision / recall

@@ -17,9 +17,10 @@ import torch.nn as nn
 
 import data_loader as dl
 import predict
+from brats_data import find_input_cases
 from brats_data.cases import LAYOUTS, unmap_labels
 from experiment.evaluation import predict_volume
-from experiment.export import Inference, Member, find_input_cases, mirror_axes, predict_crop
+from experiment.predictor import InferenceSettings, Predictor, mirror_axes
 from experiment_runner import ExperimentConfig, run_integrated_experiment
 
 pytestmark = pytest.mark.slow
@@ -110,13 +111,14 @@ def test_one_forward_is_labelled_exactly_as_the_runs_evaluation(dim, patch):
     conv = nn.Conv3d if dim == "3d" else nn.Conv2d
     model = nn.Sequential(conv(2, 8, 3, padding=1), nn.ReLU(), conv(8, 4, 3, padding=1)).eval()
     image = np.random.default_rng(0).normal(size=(4, 19, 27, 22)).astype(np.float16)
-    inf = Inference(dim, patch, 0.25, 3, "none", torch.device("cpu"))
-    member = Member("m", model, [1, 3])
-    labels, probs = predict_crop([member], image, inf, probabilities=True)
+    settings = InferenceSettings(dim, patch, 0.25, 3, "none", torch.device("cpu"))
+    labels, probs = Predictor.from_model(model, ("t1ce", "flair"), settings).predict(image, probabilities=True)
     expected = predict_volume(model, image[[1, 3]], dim, patch, 0.25, torch.device("cpu"), sw_batch_size=3)
     np.testing.assert_array_equal(labels, expected)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
-    tta_labels, tta_probs = predict_crop([member, member], image, inf, tta=True, probabilities=True)
+    member = Predictor.from_model(model, ("t1ce", "flair"), settings).members[0]
+    ensemble = Predictor([member, member], settings.with_(mirror=True))
+    tta_labels, tta_probs = ensemble.predict(image, probabilities=True)
     assert tta_labels.shape == labels.shape and tta_probs.shape == (4, *labels.shape)
     np.testing.assert_array_equal(tta_labels, tta_probs.argmax(0))
 

@@ -1,4 +1,4 @@
-"""The model registry: every name of SPEC.md, spec fields, argument errors, doubling sizes."""
+"""The model registry: every name of the specification, spec fields, argument errors, doubling sizes."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from models import create_model, list_models, model_spec
 from models.channel_configs import SIZES, UNET_CHANNELS
 from models.registry import MODALITIES
 
-# Every model name of SPEC.md, written out so that a typo in a family's registration loop shows.
+# Every model name of the specification, written out so that a typo in a family's registration loop shows.
 SINGLE_BRANCH_NAMES = [
     "unet3d_xs", "unet3d_s", "unet3d_m", "unet3d_l",
     "unet3d_stride_xs", "unet3d_stride_s", "unet3d_stride_m", "unet3d_stride_l",
@@ -59,16 +59,16 @@ def test_expected_lists_are_complete():
     ids=["single_branch", "dual_branch"],
 )
 def test_every_spec_name_is_registered(group, expected):
-    """Fails with the list of names of SPEC.md that the registry lacks, per group."""
+    """Fails with the list of names of the specification that the registry lacks, per group."""
     registered = set(list_models())
     missing = [n for n in expected if n not in registered]
-    assert not missing, f"{len(missing)} {group} model(s) of SPEC.md are not registered: {', '.join(missing)}"
+    assert not missing, f"{len(missing)} {group} model(s) of the specification are not registered: {', '.join(missing)}"
 
 
 def test_list_models_is_sorted_and_filters():
     names = list_models()
     assert names == sorted(names)
-    assert list_models("unet3d_stride_*") == ["unet3d_stride_l", "unet3d_stride_m", "unet3d_stride_s", "unet3d_stride_xs"]
+    assert list_models("unet3d_stride_*") == [f"unet3d_stride_{s}" for s in ("l", "m", "s", "xs")]
 
 
 def test_every_spec_has_canonical_modalities_and_dims():

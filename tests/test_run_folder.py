@@ -130,7 +130,7 @@ def test_run_folder_writes_every_contract_file_with_its_columns(tmp_path):
         df = pd.read_csv(run / name)
         assert list(df.columns)[:len(columns)] == columns, name
     assert json.loads((run / CONFUSION_JSON).read_text())["unet3d_xs_seed_24_fold_2"][0] == [1, 0, 0, 0]
-    assert run.finished_units() == {("unet3d_xs", 24, 2)}
+    assert run.finished_units() == {UnitKey("unet3d_xs", 24, 2)}
     comparison = run.finish()
     assert (run / COMPARISON_CSV).is_file() and comparison.loc[0, "n_runs"] == 1
     assert math.isnan(comparison.loc[0, "test_dice_wt_std"]), "sample std of one run"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,12 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
+from matplotlib.patches import PathPatch
 
+import visualization.visualization_dataframe as visualization_dataframe
 from visualization import (
     MergeError,
     compute_gradcam,
@@ -128,6 +134,26 @@ def assert_png(path: Path, min_kb: float = 10.0) -> None:
     assert not list(path.parent.glob(".*.tmp")), "temporary file left behind"
 
 
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, Figure]:
+    """The figures the chart functions save, by output file name (each is still written as usual)."""
+    figures: dict[str, Figure] = {}
+    original = visualization_dataframe.save_figure
+
+    def recording(fig: Figure, path, *args, **kwargs) -> Path:
+        figures[Path(path).name] = fig
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(visualization_dataframe, "save_figure", recording)
+    return figures
+
+
+def x_centre(artist) -> float:
+    """Mean x of a stripplot point cloud (PathCollection) or of a box (PathPatch), in data units."""
+    xy = artist.get_offsets() if isinstance(artist, PathCollection) else artist.get_path().vertices
+    return float(np.asarray(xy, dtype=float)[:, 0].mean())
+
+
 # ------------------------------------------------------------------ summary
 
 
@@ -203,24 +229,65 @@ def test_stage_wise_pam_without_gpu_and_bad_per_case(tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
-def test_per_case_chart_with_nsd_panel(tmp_path):
-    dice_only = plot_per_case_dice(per_case_table(), tmp_path / "dice.png")
-    both = plot_per_case_dice(per_case_table(nsd=True), tmp_path / "both.png")
-    assert_png(dice_only) and assert_png(both)
-    assert both.stat().st_size > dice_only.stat().st_size  # a second (NSD) panel
+def test_per_case_chart_with_nsd_panel(tmp_path, drawn):
+    assert_png(plot_per_case_dice(per_case_table(), tmp_path / "dice.png"))
+    assert [ax.get_ylabel() for ax in drawn["dice.png"].axes] == ["Per-case test Dice"]
+    table = per_case_table(nsd=True)
+    assert_png(plot_per_case_dice(table, tmp_path / "both.png"))
+    panels = drawn["both.png"].axes
+    assert [ax.get_ylabel() for ax in panels] == ["Per-case test Dice", "Per-case test NSD"]
+    for ax, metric in zip(panels, ("dice", "nsd")):
+        columns = [f"{metric}_{r}" for r in ("wt", "tc", "et")]
+        # left to right: model 0 WT, TC, ET (dodged), model 1 WT, TC, ET
+        clouds = sorted((c for c in ax.collections if isinstance(c, PathCollection)), key=x_centre)
+        boxes = sorted((p for p in ax.patches if isinstance(p, PathPatch)), key=x_centre)
+        assert len(clouds) == len(boxes) == len(MODELS) * len(columns)
+        for cloud, box, (m, column) in zip(clouds, boxes, itertools.product(range(len(MODELS)), columns)):
+            expected = table.loc[table["model"] == MODELS[m], column].to_numpy()
+            assert round(x_centre(cloud)) == round(x_centre(box)) == m
+            assert np.sort(np.asarray(cloud.get_offsets())[:, 1]) == pytest.approx(np.sort(expected))
+            box_y = box.get_path().vertices[:, 1]
+            assert [box_y.min(), box_y.max()] == pytest.approx(np.percentile(expected, [25, 75]))
 
 
-def test_efficiency_and_comparison_charts_with_ci_and_pareto(tmp_path):
+def pareto_front_drawn(fig: Figure) -> tuple[list[float], list[float], list[str]]:
+    """x and y data of the chart's Pareto staircase, and the model labels it marks "(Pareto)"."""
+    (ax,) = fig.axes
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "Pareto front (parameters)"]
+    assert line.get_drawstyle() == "steps-post"
+    marked = [t.get_text().removesuffix(" (Pareto)") for t in ax.texts if t.get_text().endswith(" (Pareto)")]
+    return list(line.get_xdata()), list(line.get_ydata()), marked
+
+
+def test_efficiency_and_comparison_charts_with_ci_and_pareto(tmp_path, drawn):
     summary = summarize_runs(results_table(models=("a", "b", "c"))).reset_index(names="model")
     dice = summary["test_dice_mean_mean"]
+    params = summary["params_mean"]
     for region in ("wt", "tc", "et", "mean"):
         summary[f"test_dice_{region}_ci_low"] = summary[f"test_dice_{region}_mean"] - 0.03
         summary[f"test_dice_{region}_ci_high"] = summary[f"test_dice_{region}_mean"] + 0.02
-    assert dice.is_monotonic_increasing  # more parameters, more Dice: every model on the front
+    assert dice.is_monotonic_increasing and params.is_monotonic_increasing  # every model on the front
     assert_png(plot_parameter_efficiency(summary, tmp_path / "parameter_efficiency.png"))
+    x, y, marked = pareto_front_drawn(drawn["parameter_efficiency.png"])
+    assert (x, y, marked) == (pytest.approx(params.tolist()), pytest.approx(dice.tolist()), ["a", "b", "c"])
+
     assert_png(plot_model_comparison(summary, tmp_path / "model_comparison_chart.png"))
+    dice_panel = drawn["model_comparison_chart.png"].axes[0]
+    assert dice_panel.get_ylabel() == "Dice" and "95% bootstrap CI" in dice_panel.get_title()
+    assert [t.get_text() for t in dice_panel.get_xticklabels()] == ["a", "b", "c"]
+    bars = [c for c in dice_panel.containers if isinstance(c, BarContainer)]
+    assert [b.get_label() for b in bars] == ["WT", "TC", "ET", "Mean"]
+    for region, bar in zip(("wt", "tc", "et", "mean"), bars):
+        mean = summary[f"test_dice_{region}_mean"].to_numpy()
+        assert [rect.get_height() for rect in bar.patches] == pytest.approx(mean)
+        (segments,) = bar.errorbar.lines[2]  # one vertical segment (x, low) -> (x, high) per bar
+        ends = np.array([[seg[0, 1], seg[1, 1]] for seg in segments.get_segments()])
+        assert ends == pytest.approx(np.column_stack([mean - 0.03, mean + 0.02]))
+
     worse = summary.assign(test_dice_mean_mean=dice[::-1].to_numpy())  # only the smallest on the front
     assert_png(plot_parameter_efficiency(worse, tmp_path / "front_of_one.png"))
+    x, y, marked = pareto_front_drawn(drawn["front_of_one.png"])
+    assert (x, y, marked) == (pytest.approx([params[0]]), pytest.approx([dice.iloc[-1]]), ["a"])
 
 
 def test_bad_tables_raise_clear_errors(tmp_path):
@@ -408,25 +475,36 @@ def test_gradcam_of_a_tiny_model_writes_a_png(tmp_path):
     assert_png(path, min_kb=5)
 
 
-def test_gradcam_failure_in_the_loop_only_warns(tmp_path, caplog):
-    from experiment import loop
+def test_gradcam_failure_in_a_run_only_warns(tmp_path, caplog):
+    """A figure that fails (here Grad-CAM reading a broken cache) is a warning; so is any callback that
+    raises: the loop's notify never lets one cost the run."""
+    from experiment.loop import RunCallbacks, notify
+    from experiment.run_folder import RunFolder, UnitKey
+    from models import get_model
+    from visualization import ChartCallbacks
 
     def broken(case_id):
         raise OSError("injected")
 
-    state = SimpleNamespace(cfg=SimpleNamespace(dim="3d", spatial_patch=(32, 32, 32)),
-                            cache=SimpleNamespace(image=broken, label=broken), ctx=SimpleNamespace(device="cpu"),
-                            run=SimpleNamespace(unit=lambda key: "unet3d_xs_seed_24", __truediv__=None))
-    state.run = type("Run", (), {"unit": lambda self, key: "unet3d_xs_seed_24",
-                                 "__truediv__": lambda self, name: tmp_path / name})()
-    key = SimpleNamespace(model="unet3d_xs", seed=24, fold=0)
-    from utils.experiment_utils import get_model
-
+    state = SimpleNamespace(cfg=SimpleNamespace(dim="3d", spatial_patch=(32, 32, 32), gradcam=True, seeds=[42]),
+                            cache=SimpleNamespace(image=broken, label=broken),
+                            ctx=SimpleNamespace(device="cpu", is_main=True), run=RunFolder(tmp_path),
+                            callbacks=[ChartCallbacks()])
     result = SimpleNamespace(best_state=get_model("unet3d_xs", "3d", (32, 32, 32)).state_dict())
-    with caplog.at_level("WARNING", logger="experiment.loop"):
-        loop._write_gradcam(state, key, result, "case0")
+    evaluation = SimpleNamespace(first_prediction=("case0", np.zeros((4, 4, 4), np.uint8)))
+    with caplog.at_level("WARNING"):
+        notify(state, "on_unit_end", UnitKey("unet3d_xs", 24, 0), result, evaluation)
     assert "Grad-CAM of unet3d_xs_seed_24 failed" in caplog.text and "injected" in caplog.text
     assert not list(tmp_path.glob("gradcam_*.png"))
+
+    class Exploding(RunCallbacks):
+        def on_run_end(self, state):
+            raise RuntimeError("boom")
+
+    state.callbacks = [Exploding()]
+    with caplog.at_level("WARNING"):
+        notify(state, "on_run_end")
+    assert "Exploding.on_run_end failed: RuntimeError: boom" in caplog.text
 
 
 # ------------------------------------------------------------------ segmentation slices
@@ -484,3 +562,46 @@ def test_plot_segmentation_slices_errors(tmp_path):
     with pytest.raises(ValueError, match="modality_names has 2 names"):
         plot_segmentation_slices(image, label, {}, out, modality_names=("t1ce", "flair"))
     assert not out.exists()
+
+
+def test_callbacks_see_every_event_of_a_run_in_order(tmp_path):
+    """The loop calls each RunCallbacks hook on rank 0, in the documented order, with the run's rows."""
+    import data_loader as dl
+    from experiment.loop import RunCallbacks, run_integrated_experiment
+    from experiment_runner import ExperimentConfig
+
+    events = []
+
+    class Recorder(RunCallbacks):
+        def on_run_start(self, state):
+            events.append(("run_start", state.run.path.is_dir()))
+
+        def on_unit_start(self, state, key):
+            events.append(("unit_start", key.name(False)))
+
+        def on_train_progress(self, state, key, epoch, step, loss):
+            events.append(("progress", epoch, step, round(loss, 6)))
+
+        def on_epoch_end(self, state, key, row):
+            events.append(("epoch", row["epoch"], round(row["train_loss"], 6)))
+
+        def on_unit_end(self, state, key, result, evaluation):
+            events.append(("unit_end", len(evaluation.per_case)))
+
+        def on_run_end(self, state):
+            events.append(("run_end",))
+
+    dl.generate_synthetic_dataset(tmp_path, n_cases=5, seed=0, shape=(40, 40, 32), difficulty="easy")
+    cfg = ExperimentConfig(data_path=str(tmp_path), dataset_version="synthetic", synthetic_cases=5,
+                           synthetic_shape=[40, 40, 32], synthetic_difficulty="easy", epochs=2, models=["unet3d_xs"],
+                           dim="3d", patch_size=[32, 32, 32], num_workers=0, device="cpu", batch_size=1,
+                           iters_per_epoch=17, results_dir=str(tmp_path / "r"), measure_efficiency=False)
+    assert run_integrated_experiment(cfg, [Recorder()]).exit_code == 0
+    kinds = [e[0] for e in events]
+    assert kinds == ["run_start", "unit_start", "progress", "progress", "epoch", "progress", "progress", "epoch",
+                     "unit_end", "run_end"]
+    assert events[0] == ("run_start", True) and events[1] == ("unit_start", "unet3d_xs_seed_24")
+    # every 16 steps and at the end of each 17-step epoch; the last is the epoch's mean loss
+    assert [e[1:3] for e in events if e[0] == "progress"] == [(0, 16), (0, 17), (1, 16), (1, 17)]
+    assert events[3][3] == events[4][2] and events[6][3] == events[7][2]
+    assert events[-2] == ("unit_end", 1)

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from utils.errors import first_line
 from utils.io import atomic_write_bytes
 
 BEST_KEYS = ("model_name", "state_dict", "config", "epoch", "best_val_dice")
@@ -68,10 +69,9 @@ def load_checkpoint(path: str | Path, required: tuple[str, ...] = (), map_locati
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensors-and-values checkpoint "
-            f"(weights_only load failed: {first})"
+            f"(weights_only load failed: {first_line(exc)})"
         ) from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, found {type(obj).__name__}")

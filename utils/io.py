@@ -1,6 +1,8 @@
 """Atomic writers: a temporary file in the same folder, then ``os.replace``.
 
-A crash or a kill therefore leaves either the old file or the new one, never half of one.
+A crash or a kill therefore leaves either the old file or the new one, never half of one. The file gets
+the mode a plain ``open()`` would give it under the process's umask (``0o666 & ~umask``), not the 0600
+of a temporary file, so a lab's group-readable results folder stays readable by the group.
 """
 
 from __future__ import annotations
@@ -16,13 +18,31 @@ from typing import Any
 import pandas as pd
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only read here)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` for a writer; on success it replaces ``path`` atomically."""
+def atomic_output(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer; on success it replaces ``path`` atomically.
+
+    ``suffix`` ends the temporary name, for writers that choose the format by it (``.nii.gz``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         yield Path(tmp)
         os.replace(tmp, path)
@@ -56,11 +76,16 @@ def write_csv(path: str | Path, df: pd.DataFrame) -> None:
 
 
 def read_csv(path: str | Path, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """The CSV at ``path``; an empty frame with ``columns`` when the file does not exist."""
+    """The CSV at ``path``; an empty frame with ``columns`` when the file is absent, empty or has no header.
+
+    The one CSV reader of the suite (run folder, merge, charts): callers test ``.empty``."""
     path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
+    if not path.is_file() or path.stat().st_size == 0:
         return pd.DataFrame(columns=list(columns or []))
-    return pd.read_csv(path)
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame(columns=list(columns or []))
 
 
 def append_rows(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:

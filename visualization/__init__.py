@@ -1,5 +1,10 @@
-"""Charts of a run folder's CSVs, slice figures of segmentations, Grad-CAM overlays, merged runs (never trains)."""
+"""Charts of a run folder's CSVs, slice figures of segmentations, Grad-CAM overlays, merged runs (never trains).
 
+``ChartCallbacks`` hooks the drawing into a run (``experiment.loop.RunCallbacks``); this package reads the run
+folder (``experiment.run_folder``), never the other way round.
+"""
+
+from visualization.callbacks import ChartCallbacks
 from visualization.gradcam import compute_gradcam, find_target_layer, plot_gradcam, write_unit_gradcam
 from visualization.merge import MergeError, merge_runs
 from visualization.visualization_3d import plot_segmentation_slices, tumour_slices
@@ -17,6 +22,7 @@ from visualization.visualization_dataframe import (
 )
 
 __all__ = [
+    "ChartCallbacks",
     "MergeError",
     "compute_gradcam",
     "find_target_layer",

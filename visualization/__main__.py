@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from utils.errors import first_line
 from visualization.merge import MergeError, merge_runs
 
 
@@ -23,8 +24,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         written = merge_runs(args.run_dirs, args.output)
     except (MergeError, OSError, ValueError) as exc:
-        print(f"error: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}",
-              file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
     print(f"merged {len(args.run_dirs)} run folders into {args.output}: "
           + ", ".join(p.name for p in written))

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models import model_spec
 from utils.labels import REGIONS
-from visualization.visualization_3d import tumour_slices
+from visualization.visualization_3d import display_channel, tumour_slices
 from visualization.visualization_dataframe import PathLike, drawing
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -224,26 +225,19 @@ def plot_gradcam(result: dict[str, Any], path: PathLike, channel: int = 0, chann
     return Path(path)
 
 
-def _display_channel(modalities: Sequence[str]) -> int:
-    names = [m.lower() for m in modalities]
-    for preferred in ("t1ce", "flair"):
-        if preferred in names:
-            return names.index(preferred)
-    return 0
-
-
 def write_unit_gradcam(model_name: str, state_dict: dict[str, torch.Tensor], cfg: Any, cache: Any, case_id: str,
                        path: PathLike, device: torch.device | str = "cpu") -> Path:
-    """``gradcam_{unit}.png`` of a trained unit: build ``model_name`` for the run (``cfg``: dim, patch),
-    load ``state_dict`` and draw :func:`compute_gradcam` of the case ``case_id`` of the cache."""
-    import data_loader as dl
-    from utils.experiment_utils import get_model, model_spec
+    """``gradcam_{unit}.png`` of a trained unit: its network, built by the unit's predictor for the run's dim
+    and patch (``cfg``), and :func:`compute_gradcam` of the case ``case_id`` of the cache."""
+    from brats_data import modality_indices
+    from experiment.predictor import InferenceSettings, Predictor
 
-    model = get_model(model_name, cfg.dim, cfg.spatial_patch)
-    model.load_state_dict(state_dict)
+    settings = InferenceSettings(cfg.dim, tuple(cfg.spatial_patch), device=torch.device(device))
+    model = Predictor.from_checkpoints([{"model_name": model_name, "state_dict": state_dict}], settings).model
     modalities = list(model_spec(model_name).modalities)
-    image = np.asarray(cache.image(case_id)[dl.modality_indices(modalities)], dtype=np.float32)
+    image = np.asarray(cache.image(case_id)[modality_indices(modalities)], dtype=np.float32)
     result = compute_gradcam(model, image, np.asarray(cache.label(case_id)), dim=cfg.dim,
                              patch=cfg.spatial_patch, device=device)
-    channel = _display_channel(modalities)
+    # ET shows on T1ce, the whole tumour (edema) on FLAIR
+    channel = display_channel(modalities, ("t1ce", "flair") if result["region"] == "et" else ("flair", "t1ce"))
     return plot_gradcam(result, path, channel, modalities[channel].upper(), title=f"{model_name}, {case_id}")

@@ -31,7 +31,7 @@ from experiment.run_folder import (
     UNIT_COLUMNS,
     write_comparison_files,
 )
-from utils.io import write_csv, write_json
+from utils.io import read_csv, write_csv, write_json
 from visualization.visualization_dataframe import make_all_plots
 
 MERGED_JSON = "merged_runs.json"
@@ -44,12 +44,8 @@ class MergeError(ValueError):
 
 
 def _read(path: Path) -> pd.DataFrame | None:
-    if not path.is_file() or path.stat().st_size == 0:
-        return None
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return None
+    table = read_csv(path)
+    return None if table.empty else table
 
 
 def _test_splits(splits: dict[str, Any], seed: int) -> dict[int, list[str]] | None:

@@ -55,18 +55,11 @@ def _check_classes(volume: np.ndarray, what: str) -> np.ndarray:
     return volume.astype(np.int64, copy=False)
 
 
-def _display_channel(n_channels: int, modality_names: Sequence[str] | None) -> tuple[int, str]:
-    """Channel to show (FLAIR when named, else the first) and its column title."""
-    if modality_names is None:
-        return 0, "image (channel 0)"
-    names = [str(m) for m in modality_names]
-    if len(names) != n_channels:
-        raise ValueError(
-            f"modality_names has {len(names)} names {names} but the image has {n_channels} channels"
-        )
-    lowered = [m.lower() for m in names]
-    index = lowered.index("flair") if "flair" in lowered else 0
-    return index, names[index].upper()
+def display_channel(modalities: Sequence[str], prefer: Sequence[str] = ("flair", "t1ce")) -> int:
+    """Index of the channel to draw: the first of ``prefer`` among ``modalities`` (case-insensitive), else 0.
+    The one choice of a displayed modality (slice figures: FLAIR first; Grad-CAM of ET: T1ce first)."""
+    names = [str(m).lower() for m in modalities]
+    return next((names.index(p) for p in prefer if p in names), 0)
 
 
 def plot_segmentation_slices(
@@ -117,7 +110,14 @@ def plot_segmentation_slices(
     if bad:
         raise ValueError(f"slice indices {bad} are outside [0, {n_z}) of the (Z, Y, X) volume")
 
-    channel, channel_title = _display_channel(image.shape[0], modality_names)
+    if modality_names is None:
+        channel, channel_title = 0, "image (channel 0)"
+    else:
+        if len(modality_names) != image.shape[0]:
+            raise ValueError(f"modality_names has {len(modality_names)} names {list(modality_names)} but the image "
+                             f"has {image.shape[0]} channels")
+        channel = display_channel(modality_names)
+        channel_title = str(modality_names[channel]).upper()
     volume = image[channel].astype(np.float32)
     brain = volume[volume != 0]
     vmin, vmax = np.nanpercentile(brain if brain.size else volume, [1.0, 99.0])

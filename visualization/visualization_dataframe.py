@@ -1,4 +1,4 @@
-"""Charts drawn from the CSV files of a run folder (see DESIGN.md, "Run folder contract").
+"""Charts drawn from the CSV files of a run folder (their names and columns: ``experiment/run_folder.py``).
 
 Every function takes a DataFrame and an output path, writes one file atomically (temporary file,
 then rename) and returns its path. Nothing here trains or changes a CSV.
@@ -44,7 +44,7 @@ from experiment.run_folder import (
     comparison_table,
 )
 from experiment.statistics import pareto_front
-from utils.io import atomic_output
+from utils.io import atomic_output, read_csv
 from utils.labels import MODALITIES, REGION_NAMES
 
 logger = logging.getLogger(__name__)
@@ -329,7 +329,8 @@ def plot_model_comparison(results_df: pd.DataFrame, path: PathLike) -> Path:
                 _not_measured(ax, title, missing)
                 continue
             colors = region_colors if columns is not PAM_COLUMNS else None
-            errors = dice_ci if columns is DICE_COLUMNS and dice_ci is not None else _stat_table(summary, columns, "std")
+            use_ci = columns is DICE_COLUMNS and dice_ci is not None
+            errors = dice_ci if use_ci else _stat_table(summary, columns, "std")
             _grouped_bars(ax, means, errors, colors, ylabel, title)
         n_runs = summary["n_runs"].to_numpy(dtype=float)
         low, high = (int(np.nanmin(n_runs)), int(np.nanmax(n_runs))) if np.isfinite(n_runs).any() else (0, 0)
@@ -386,8 +387,8 @@ def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
         if on_front.any():
             front = np.flatnonzero(on_front)
             front = front[np.lexsort((dice[front], params[front]))]
-            (front_line,) = ax.step(params[front], dice[front], where="post", color="0.35", linestyle="--", linewidth=1.2,
-                    zorder=1, label="Pareto front (parameters)")
+            (front_line,) = ax.step(params[front], dice[front], where="post", color="0.35", linestyle="--",
+                                    linewidth=1.2, zorder=1, label="Pareto front (parameters)")
         for i, model in enumerate(summary.index):
             color = palette[model]
             if np.isfinite(errors[:, i]).all():
@@ -667,16 +668,6 @@ PLOT_JOBS: tuple[PlotJob, ...] = (
 )
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    """The CSV as a DataFrame, or None when the file is absent or has no header at all."""
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return None
-
-
 def make_all_plots(run_dir: PathLike, strict: bool = False) -> list[Path]:
     """Draw every chart the CSVs of ``run_dir`` allow, into ``run_dir``; return the written paths.
 
@@ -689,14 +680,14 @@ def make_all_plots(run_dir: PathLike, strict: bool = False) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ValueError(f"run_dir {run_dir} is not a directory; pass a run folder holding the result CSVs")
-    tables: dict[str, pd.DataFrame | None] = {}
+    tables: dict[str, pd.DataFrame] = {}
     written: list[Path] = []
     for job in PLOT_JOBS:
         df = None
         for name in job.sources:
             if name not in tables:
-                tables[name] = _read_csv(run_dir / name)
-            if tables[name] is not None:
+                tables[name] = read_csv(run_dir / name)
+            if not tables[name].empty:
                 df = tables[name]
                 break
         if df is None:

@@ -26,7 +26,8 @@ class GhostModule(nn.Module):
         act: whether both parts end in an activation (False for the linear output of a bottleneck).
     """
 
-    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, ratio: int = 2, dw_kernel: int = 3, act: bool = True):
+    def __init__(self, spatial_dims: int, in_ch: int, out_ch: int, ratio: int = 2, dw_kernel: int = 3,
+                 act: bool = True):
         super().__init__()
         if ratio < 2:
             raise ValueError(f"GhostModule: ratio must be >= 2, got {ratio}")

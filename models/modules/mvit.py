@@ -130,7 +130,8 @@ class MobileViTBlock(nn.Module):
             Convolution(spatial_dims, channels, transformer_dim, kernel_size=1, conv_only=True, bias=False),
         )
         self.transformer = nn.Sequential(
-            *(TransformerLayer(transformer_dim, heads, int(transformer_dim * mlp_ratio), dropout) for _ in range(depth)),
+            *(TransformerLayer(transformer_dim, heads, int(transformer_dim * mlp_ratio), dropout)
+              for _ in range(depth)),
             nn.LayerNorm(transformer_dim),
         )
         self.proj = conv_norm_act(spatial_dims, transformer_dim, channels, kernel_size=1)

@@ -46,7 +46,8 @@ class ShuffleUnit(nn.Module):
         right_in = half if self.split else in_ch
 
         def depthwise(ch: int) -> nn.Module:
-            return conv_norm_act(spatial_dims, ch, ch, kernel_size, stride=stride, dilation=dilation, groups=ch, act=False)
+            return conv_norm_act(spatial_dims, ch, ch, kernel_size, stride=stride, dilation=dilation, groups=ch,
+                                 act=False)
 
         self.right = nn.Sequential(
             conv_norm_act(spatial_dims, right_in, half, 1), depthwise(half), conv_norm_act(spatial_dims, half, half, 1)

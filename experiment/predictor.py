@@ -1,0 +1,269 @@
+"""One prediction path: :class:`Predictor` turns a preprocessed volume into logits, probabilities or labels.
+
+Validation, the test of a unit, ``evaluate_experiment.py`` (also ``--export_predictions``), ``predict.py``
+and Grad-CAM all use it, so a prediction is made one way everywhere (in the spirit of nnU-Net's
+``nnUNetPredictor`` and MONAI's ``SlidingWindowInferer``):
+
+    settings = InferenceSettings.from_config(cfg, device)            # dim, ROI, overlap, windows per forward,
+                                                                      # blending, precision, compile, mirroring
+    predictor = Predictor.from_checkpoints([ckpt_a, ckpt_b], settings)   # an ensemble (or .from_model(model))
+    labels, probs = predictor.predict(cache.image(case_id), probabilities=True)
+
+The input is a preprocessed volume in the canonical modality order (``(4, Z, Y, X)``, as the cache and
+:func:`brats_data.preprocess_case` give it); each member reads its own modalities from it. 3D models
+run a sliding window (MONAI's ``sliding_window_inference``, cosine blending by default); 2D models run
+the same window over batches of axial slices. One member without mirroring is labelled by the argmax
+of its logits; an ensemble and/or test-time mirroring by the argmax of the softmax averaged over every
+member and mirrored input. :meth:`Predictor.postprocess` (the post-processing hook, a no-op today) is
+applied to every label map.
+
+:func:`model_from_checkpoint` is the one place a network is built from a checkpoint;
+``utils.checkpoint.unwrap_model`` the one way to take DDP and ``torch.compile`` wrappers off a module.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from monai.inferers import sliding_window_inference
+
+from brats_data import modality_indices
+from models import get_model, model_spec
+from utils.checkpoint import unwrap_model
+from utils.runtime import autocast_context
+
+SLICES_PER_FORWARD = 32  # 2D: axial slices handed to the sliding window at once
+BLENDINGS = ("cosine", "gaussian", "constant")  # cosine: this suite's window; the others are MONAI's modes
+
+
+# ----------------------------------------------------------------------------- the window
+def cosine_weight_map(roi_size: Sequence[int], floor: float = 1e-3) -> torch.Tensor:
+    """Separable raised-cosine (sine) window over the ROI: 1 in the centre, small but > 0 at the borders."""
+    weights = None
+    for n in roi_size:
+        w = torch.sin(math.pi * (torch.arange(n, dtype=torch.float32) + 0.5) / n).clamp_min(floor)
+        weights = w if weights is None else weights[..., None] * w
+    return weights
+
+
+def sliding_window_predict(
+    model: nn.Module, image: torch.Tensor, roi_size: Sequence[int], overlap: float = 0.1, sw_batch_size: int = 2,
+    amp: str = "none", weight_map: torch.Tensor | None = None, blending: str = "cosine",
+) -> torch.Tensor:
+    """Logits for a whole image ``(B, C, *spatial)`` by MONAI sliding-window inference.
+
+    The image is zero-padded up to ``roi_size`` where smaller, so the window always applies, and the
+    result is cropped back to the input size. ``blending`` ``cosine`` weighs each window by
+    ``weight_map`` (default :func:`cosine_weight_map`); ``gaussian`` and ``constant`` are MONAI's modes.
+    """
+    if blending not in BLENDINGS:
+        raise ValueError(f"blending must be one of {', '.join(BLENDINGS)}, got {blending!r}")
+    roi = tuple(int(r) for r in roi_size)
+    spatial = image.shape[2:]
+    pad = [max(r - s, 0) for r, s in zip(roi, spatial)]
+    if any(pad):
+        flat = []
+        for p in reversed(pad):
+            flat += [p // 2, p - p // 2]
+        image = torch.nn.functional.pad(image, flat)
+    options: dict[str, Any] = {"mode": blending} if blending != "cosine" else {
+        "roi_weight_map": (cosine_weight_map(roi) if weight_map is None else weight_map).to(image.device)}
+    with torch.no_grad(), autocast_context(image.device, amp)():
+        logits = sliding_window_inference(image, roi, sw_batch_size, model, overlap=overlap, **options)
+    logits = torch.as_tensor(logits).float()
+    if any(pad):
+        index = [slice(None), slice(None)] + [slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial)]
+        logits = logits[tuple(index)]
+    return logits
+
+
+def mirror_axes(dim: str) -> list[tuple[int, ...]]:
+    """Test-time mirroring: every subset of the spatial axes of a (C, Z, Y, X) volume (8 in 3D; in 2D the
+    in-plane axes only, 4), the identity first."""
+    axes = (1, 2, 3) if dim == "3d" else (2, 3)
+    return [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
+
+
+# ----------------------------------------------------------------------------- settings and members
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a volume is predicted: the run's settings unless a caller overrides them."""
+
+    dim: str
+    patch: tuple[int, ...]
+    overlap: float = 0.1
+    sw_batch_size: int = 2
+    amp: str = "none"
+    device: torch.device = torch.device("cpu")
+    compile: bool = False
+    mirror: bool = False  # test-time mirroring (every axis flip)
+    blending: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.dim not in ("2d", "3d"):
+            raise ValueError(f"dim must be 2d or 3d, got {self.dim!r}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"--sw_batch_size must be >= 1, got {self.sw_batch_size}")
+        if self.blending not in BLENDINGS:
+            raise ValueError(f"blending must be one of {', '.join(BLENDINGS)}, got {self.blending!r}")
+        object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
+
+    @classmethod
+    def from_config(cls, cfg: Any, device: torch.device, *, overlap: float | None = None,
+                    sw_batch_size: int | None = None, mirror: bool = False) -> InferenceSettings:
+        """The run's settings (``cfg``: ExperimentConfig) on ``device``; ``overlap``/``sw_batch_size`` override."""
+        return cls(cfg.dim, tuple(cfg.spatial_patch), cfg.overlap if overlap is None else overlap,
+                   sw_batch_size or cfg.resolved_sw_batch_size(), cfg.resolved_amp(device), device, cfg.compile,
+                   mirror)
+
+    def with_(self, **changes: Any) -> InferenceSettings:
+        return replace(self, **changes)
+
+
+def model_from_checkpoint(checkpoint: Mapping[str, Any], dim: str, patch: Sequence[int]) -> nn.Module:
+    """The network of a checkpoint (``model_name`` + ``state_dict``), built by the registry for ``dim`` and
+    ``patch`` and loaded: the one place the suite builds a model from saved weights."""
+    model = get_model(checkpoint["model_name"], dim, patch)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+@dataclass
+class Member:
+    """One network of a predictor: the bare module, the module that runs the windows (compiled or the
+    same), and the channels of the canonical (4, Z, Y, X) input it reads (``None``: every channel)."""
+
+    name: str
+    model: nn.Module
+    net: nn.Module
+    channels: list[int] | None
+
+
+def _member(model: nn.Module, modalities: Sequence[str] | None, settings: InferenceSettings, name: str) -> Member:
+    bare = unwrap_model(model)
+    # gated multi-branch models are never compiled: their modality weights are read by a forward hook
+    net = torch.compile(bare) if settings.compile and not hasattr(bare, "modality_weights") else bare
+    channels = None if modalities is None else modality_indices(modalities)
+    return Member(name or type(bare).__name__, bare, net, channels)
+
+
+# ----------------------------------------------------------------------------- the predictor
+class Predictor:
+    """Logits, probabilities and labels of preprocessed volumes (see the module docstring)."""
+
+    def __init__(self, members: Sequence[Member], settings: InferenceSettings,
+                 postprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        if not members:
+            raise ValueError("a predictor needs at least one network")
+        self.members, self.settings = list(members), settings
+        self._postprocess = postprocess
+        self._weight_map = cosine_weight_map(settings.patch).to(settings.device)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, modalities: Sequence[str] | None, settings: InferenceSettings,
+                   name: str = "") -> Predictor:
+        """A live model (DDP/compile wrappers are taken off; its weights are shared, not copied), reading
+        ``modalities`` of the canonical input (``None``: the input holds exactly the model's channels)."""
+        return cls([_member(model, modalities, settings, name)], settings)
+
+    @classmethod
+    def from_checkpoints(cls, checkpoints: Sequence[Mapping[str, Any]], settings: InferenceSettings,
+                         names: Sequence[str] | None = None) -> Predictor:
+        """An ensemble of checkpoints (each ``model_name`` + ``state_dict``; one checkpoint is a plain
+        predictor), every network in eval mode on the settings' device; each weighs the same."""
+        members = []
+        for i, ckpt in enumerate(checkpoints):
+            model = model_from_checkpoint(ckpt, settings.dim, settings.patch).to(settings.device).eval()
+            name = names[i] if names else ckpt["model_name"]
+            members.append(_member(model, model_spec(ckpt["model_name"]).modalities, settings, name))
+        return cls(members, settings)
+
+    @property
+    def model(self) -> nn.Module:
+        """The bare module of the first member (for forward hooks)."""
+        return self.members[0].model
+
+    # ------------------------------------------------------------------ forward passes
+    def _input(self, image: np.ndarray | torch.Tensor, member: Member) -> torch.Tensor:
+        """The member's channels of ``image`` as float32 on the device (only those channels are read)."""
+        if isinstance(image, torch.Tensor):
+            x = image if member.channels is None else image[member.channels]
+            return x.to(self.settings.device, dtype=torch.float32)
+        x = image if member.channels is None else image[member.channels]
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.settings.device)
+
+    def _volume_logits(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits (K, Z, Y, X) of a volume ``x`` (C, Z, Y, X) on the device: 3D sliding window, or 2D windows
+        over batches of axial slices (at least :data:`SLICES_PER_FORWARD` slices at once)."""
+        s = self.settings
+        if s.dim == "3d":
+            return sliding_window_predict(net, x[None], s.patch, s.overlap, s.sw_batch_size, s.amp,
+                                          self._weight_map, s.blending)[0]
+        slices, chunk = x.permute(1, 0, 2, 3), max(SLICES_PER_FORWARD, s.sw_batch_size)  # (Z, C, Y, X)
+        out = [sliding_window_predict(net, slices[i:i + chunk], s.patch, s.overlap, s.sw_batch_size, s.amp,
+                                      self._weight_map, s.blending)
+               for i in range(0, slices.shape[0], chunk)]
+        return torch.cat(out).permute(1, 0, 2, 3)
+
+    @property
+    def single_forward(self) -> bool:
+        """One network and no mirroring: its logits are the prediction."""
+        return len(self.members) == 1 and not self.settings.mirror
+
+    def logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Logits (K, Z, Y, X) on the device of a single network without mirroring (an ensemble has none)."""
+        if not self.single_forward:
+            raise ValueError("an ensemble or mirrored prediction has probabilities, not logits")
+        member = self.members[0]
+        member.model.eval()
+        return self._volume_logits(member.net, self._input(image, member))
+
+    def probabilities(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Class probabilities (K, Z, Y, X) on the device: the softmax averaged over members and mirrorings."""
+        if self.single_forward:
+            return torch.softmax(self.logits(image), 0)
+        flips = mirror_axes(self.settings.dim) if self.settings.mirror else [()]
+        total, inputs = None, {}
+        for member in self.members:
+            member.model.eval()
+            key = None if member.channels is None else tuple(member.channels)
+            if key not in inputs:
+                inputs[key] = self._input(image, member)
+            x = inputs[key]
+            for axes in flips:
+                p = torch.softmax(self._volume_logits(member.net, x.flip(axes) if axes else x), 0)
+                p = p.flip(axes) if axes else p
+                total = p if total is None else total.add_(p)
+        return total / (len(self.members) * len(flips))
+
+    def predict(self, image: np.ndarray | torch.Tensor, *, probabilities: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Label map (Z, Y, X) uint8, post-processed, and with ``probabilities`` the class probabilities
+        (K, Z, Y, X) float32 (before post-processing). A single forward is labelled by the argmax of its
+        logits, an ensemble or mirrored prediction by the argmax of the mean softmax."""
+        if self.single_forward:
+            logits = self.logits(image)
+            labels = logits.argmax(0)
+            probs = torch.softmax(logits, 0) if probabilities else None
+        else:
+            probs = self.probabilities(image)
+            labels = probs.argmax(0)
+        labels = self.postprocess(labels.to(torch.uint8).cpu().numpy())
+        return labels, probs.cpu().numpy() if probabilities else None
+
+    def labels(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Label map (Z, Y, X) uint8 of a preprocessed volume (:meth:`predict` without probabilities)."""
+        return self.predict(image)[0]
+
+    def postprocess(self, labels: np.ndarray) -> np.ndarray:
+        """The post-processing hook, applied to every label map: the rule given at construction, else none."""
+        return labels if self._postprocess is None else self._postprocess(labels)

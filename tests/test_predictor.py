@@ -1,0 +1,161 @@
+"""The Predictor: one prediction path for validation, test, export, predict.py and Grad-CAM.
+
+Known answers: an ensemble's probabilities are the mean of its members' softmax; mirroring a
+flip-equivariant network changes nothing; members read their own modalities of the canonical input;
+the post-processing hook reaches every label map (not the probabilities); wrappers are taken off one way;
+a model from a checkpoint predicts as the live model it was saved from."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from experiment.predictor import InferenceSettings, Predictor, model_from_checkpoint
+from models import get_model
+from utils.checkpoint import unwrap_model
+
+
+class LabelEcho(nn.Module):
+    """Logits whose argmax is the integer stored in input channel 0; a pointwise map, so flip-equivariant."""
+
+    def __init__(self, scale: float = 10.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        labels = x[:, 0].round().long().clamp(0, 3)
+        return nn.functional.one_hot(labels, 4).movedim(-1, 1).float() * self.scale
+
+
+@pytest.fixture
+def case():
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 4, size=(12, 21, 18)).astype(np.uint8)
+    noise = rng.normal(size=(4, *label.shape)).astype(np.float32)
+    return noise, label
+
+
+SETTINGS = InferenceSettings("3d", (8, 16, 16), overlap=0.25, sw_batch_size=3)
+
+
+def test_members_read_their_own_modalities(case):
+    noise, label = case
+    image = noise.copy()
+    image[3] = label  # FLAIR holds the labels, T1 holds noise
+    flair = Predictor.from_model(LabelEcho(), ("flair",), SETTINGS)
+    np.testing.assert_array_equal(flair.labels(image), label)
+    t1 = Predictor.from_model(LabelEcho(), ("t1",), SETTINGS)
+    assert not np.array_equal(t1.labels(image), label)
+    # ``None``: the input holds exactly the model's channels
+    np.testing.assert_array_equal(Predictor.from_model(LabelEcho(), None, SETTINGS).labels(image[3:]), label)
+
+
+def test_an_ensemble_averages_the_softmax_of_its_members(case):
+    noise, label = case
+    image = noise.copy()
+    image[0], image[3] = label, (label + 1) % 4  # the members disagree everywhere
+    a = Predictor.from_model(LabelEcho(4.0), ("t1",), SETTINGS)
+    b = Predictor.from_model(LabelEcho(1.0), ("flair",), SETTINGS)
+    ensemble = Predictor(a.members + b.members, SETTINGS)
+    expected = (a.probabilities(image) + b.probabilities(image)) / 2
+    torch.testing.assert_close(ensemble.probabilities(image), expected)
+    labels, probs = ensemble.predict(image, probabilities=True)
+    np.testing.assert_array_equal(labels, label)  # the confident member (scale 4) wins every voxel
+    np.testing.assert_allclose(probs, expected.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="not logits"):
+        ensemble.logits(image)
+
+
+def test_mirroring_an_equivariant_network_changes_nothing(case):
+    noise, label = case
+    image = noise.copy()
+    image[1] = label
+    plain = Predictor.from_model(LabelEcho(), ("t1ce",), SETTINGS)
+    mirrored = Predictor.from_model(LabelEcho(), ("t1ce",), SETTINGS.with_(mirror=True))
+    torch.testing.assert_close(mirrored.probabilities(image), plain.probabilities(image))
+    np.testing.assert_array_equal(mirrored.labels(image), label)
+
+
+def test_mirroring_averages_over_every_flip():
+    """A network that sees only the first voxel's position along Z: each flip moves it, so the mean over the
+    8 flips is exactly the mean of the flipped-back predictions."""
+    calls = []
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            calls.append(tuple(x.shape))
+            logits = torch.zeros(x.shape[0], 4, *x.shape[2:])
+            logits[:, 1, 0] = 5.0  # class 1 on the first axial slice of every window
+            return logits
+
+    settings = InferenceSettings("3d", (4, 4, 4), overlap=0.0, sw_batch_size=1, mirror=True)
+    probs = Predictor.from_model(Probe(), None, settings).probabilities(np.zeros((1, 4, 4, 4), np.float32))
+    assert len(calls) == 8  # one window, 8 mirrorings
+    single = torch.softmax(torch.tensor([0.0, 5.0, 0.0, 0.0]), 0)[1]
+    uniform = torch.softmax(torch.zeros(4), 0)[1]
+    # z = 0 gets class-1 logits in the 4 flips without Z, z = 3 in the 4 with Z
+    torch.testing.assert_close(probs[1, 0], torch.full((4, 4), float((single + uniform) / 2)))
+    torch.testing.assert_close(probs[1, 3], torch.full((4, 4), float((single + uniform) / 2)))
+    torch.testing.assert_close(probs[1, 1], torch.full((4, 4), float(uniform)))
+
+
+def test_the_postprocessing_hook_reaches_labels_not_probabilities(case):
+    noise, label = case
+    image = noise.copy()
+    image[1] = label
+    seen = []
+
+    def et_to_ncr(labels: np.ndarray) -> np.ndarray:
+        seen.append(labels.copy())
+        return np.where(labels == 3, 1, labels).astype(np.uint8)
+
+    predictor = Predictor(Predictor.from_model(LabelEcho(), ("t1ce",), SETTINGS).members, SETTINGS, et_to_ncr)
+    labels, probs = predictor.predict(image, probabilities=True)
+    np.testing.assert_array_equal(seen[0], label)
+    np.testing.assert_array_equal(labels, np.where(label == 3, 1, label))
+    np.testing.assert_array_equal(probs.argmax(0), label)  # probabilities stay raw
+    assert Predictor.from_model(LabelEcho(), ("t1ce",), SETTINGS).postprocess(label) is label  # no-op by default
+
+
+def test_wrappers_are_taken_off_one_way():
+    model = LabelEcho()
+    wrapped = nn.DataParallel(model)  # the .module wrapper, as DistributedDataParallel
+    assert unwrap_model(wrapped) is model
+    assert Predictor.from_model(wrapped, None, SETTINGS).model is model
+
+
+@pytest.mark.parametrize("dim,patch", [("3d", (32, 16, 16)), ("2d", (32, 16))])
+def test_a_checkpoint_predicts_as_the_live_model(dim, patch):
+    torch.manual_seed(0)
+    model = get_model("unet3d_xs", dim, patch).eval()
+    checkpoint = {"model_name": "unet3d_xs", "state_dict": model.state_dict()}
+    settings = InferenceSettings(dim, patch, overlap=0.5, sw_batch_size=2)
+    image = np.random.default_rng(1).normal(size=(4, 17, 37, 23)).astype(np.float16)
+    live = Predictor.from_model(model, ("t1ce", "flair"), settings)
+    saved = Predictor.from_checkpoints([checkpoint], settings)
+    torch.testing.assert_close(saved.logits(image), live.logits(image))
+    assert saved.members[0].channels == [1, 3]
+    rebuilt = model_from_checkpoint(checkpoint, dim, patch)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.state_dict().values(), model.state_dict().values()))
+
+
+def test_settings_refuse_bad_values():
+    with pytest.raises(ValueError, match="overlap"):
+        InferenceSettings("3d", (8, 8, 8), overlap=1.0)
+    with pytest.raises(ValueError, match="sw_batch_size"):
+        InferenceSettings("3d", (8, 8, 8), sw_batch_size=0)
+    with pytest.raises(ValueError, match="blending"):
+        InferenceSettings("3d", (8, 8, 8), blending="linear")
+    with pytest.raises(ValueError, match="at least one"):
+        Predictor([], SETTINGS)
+
+
+def test_blending_modes_agree_on_a_pointwise_network(case):
+    noise, label = case
+    image = noise.copy()
+    image[1] = label
+    for blending in ("cosine", "gaussian", "constant"):
+        predictor = Predictor.from_model(LabelEcho(), ("t1ce",), SETTINGS.with_(blending=blending))
+        np.testing.assert_array_equal(predictor.labels(image), label)
