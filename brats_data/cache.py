@@ -22,8 +22,6 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from utils.labels import NUM_CLASSES
-
 from .cases import (
     CLIP_PERCENTILES,
     BadCaseError,
@@ -56,7 +54,9 @@ def case_key(case: CaseRecord) -> str:
             sources.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
         except OSError:
             sources.append([str(path), None, None])
-    payload = {"version": CACHE_VERSION, "layout": case.layout, "sources": sources, "preprocessing": PREPROCESSING}
+    # "layout": the labels' description (BraTS 2018-2023 and synthetic: their naming, as before the data set records)
+    payload = {"version": CACHE_VERSION, "layout": case.dataset.cache_label_key(), "sources": sources,
+               "preprocessing": PREPROCESSING}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -112,14 +112,15 @@ def build_case(case: CaseRecord, cache_dir: str | Path) -> None:
     meta = {
         "case_id": case.case_id,
         "key": key,
-        "layout": case.layout,
+        "layout": case.dataset.cache_label_key(),
+        "dataset": case.dataset.name,
         "spacing": list(raw.spacing),
         "original_shape": list(raw.label.shape),
         "bbox": [[b.start, b.stop] for b in box],
         "affine": raw.affine.tolist(),
         "source_files": {name: str(p) for name, p in zip((*case.image_paths, "seg"), case.files())},
         "n_foreground": int((label > 0).sum()),
-        "class_voxels": np.bincount(label.reshape(-1), minlength=NUM_CLASSES).tolist(),
+        "class_voxels": np.bincount(label.reshape(-1), minlength=case.dataset.num_classes).tolist(),
         "cache_version": CACHE_VERSION,
     }
     tmp = cache_dir / f".tmp-{case.case_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -284,7 +285,8 @@ class PreprocessedCache:
         """Voxels per model class in the case's label (from ``meta.json``; counted for older caches)."""
         counts = self.meta(case_id).get("class_voxels")
         if counts is None:
-            counts = np.bincount(np.asarray(self.label(case_id)).reshape(-1), minlength=NUM_CLASSES).tolist()
+            counts = np.bincount(np.asarray(self.label(case_id)).reshape(-1),
+                                 minlength=self.cases[case_id].dataset.num_classes).tolist()
         return [int(c) for c in counts]
 
     def spacing(self, case_id: str) -> tuple[float, float, float]:

@@ -1,4 +1,5 @@
-"""BraTS layouts: case discovery, validation, label mapping, normalisation and raw case loading.
+"""Case discovery, validation, label mapping, normalisation and raw case loading, for every data set of
+``brats_data/definitions.py`` (the record says where the cases are, how files are named, which labels exist).
 
 Arrays inside the suite use the axis order (Z, Y, X): nibabel's (X, Y, Z) arrays are transposed
 with ``.transpose(2, 1, 0)`` and the voxel spacing is the header zooms reversed.
@@ -6,11 +7,11 @@ with ``.transpose(2, 1, 0)`` and the voxel spacing is the header zooms reversed.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -18,62 +19,25 @@ import numpy as np
 from utils.labels import MODALITIES
 
 from .dataset_json import DATASET_JSON, DatasetJsonError, DatasetSpec, parse_dataset_json  # noqa: F401 (re-export)
+from .definitions import (
+    DATASET_JSON_VERSIONS,
+    DATASET_VERSIONS,
+    DATASETS,
+    FOLDER_LAYOUTS,
+    MSD_TASK,
+    DatasetDef,
+    Layout,
+    as_def,
+    dataset_def,
+    dataset_json_def,
+)
 
-DATASET_VERSIONS: tuple[str, ...] = ("brats2018", "brats2021", "brats2023", "synthetic", "msd", "nnunet")
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
 AFFINE_TOLERANCE = 1e-3
 CLIP_PERCENTILES: tuple[float, float] = (0.5, 99.5)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How one BraTS release names its folders and files.
-
-    Attributes:
-        name: layout name stored in ``CaseRecord.layout``.
-        groups: sub-folders of the dataset root that hold case folders (``("",)`` = the root itself).
-        separator: between the case id and the file suffix (``_`` or ``-``).
-        suffixes: canonical modality -> file suffix (e.g. ``"t1ce" -> "t1c"`` for BraTS 2023).
-        seg_suffix: suffix of the segmentation file.
-        labels: the label values a segmentation may contain.
-        label_map: label values renamed to model classes (others are kept).
-    """
-
-    name: str
-    groups: tuple[str, ...]
-    separator: str
-    suffixes: dict[str, str]
-    seg_suffix: str
-    labels: frozenset[int]
-    label_map: dict[int, int]
-
-    def file_name(self, case_id: str, suffix: str, extension: str = ".nii.gz") -> str:
-        """Exact file name of one modality/segmentation of a case."""
-        return f"{case_id}{self.separator}{suffix}{extension}"
-
-
-_CLASSIC_SUFFIXES = {m: m for m in MODALITIES}
-LAYOUTS: dict[str, Layout] = {
-    "brats2018": Layout("brats2018", ("HGG", "LGG"), "_", _CLASSIC_SUFFIXES, "seg",
-                        frozenset({0, 1, 2, 4}), {4: 3}),
-    "brats2021": Layout("brats2021", ("",), "_", _CLASSIC_SUFFIXES, "seg",
-                        frozenset({0, 1, 2, 4}), {4: 3}),
-    "brats2023": Layout("brats2023", ("",), "-", {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"},
-                        "seg", frozenset({0, 1, 2, 3}), {}),
-}
-# dataset_version -> (folder below data_path holding the case folders / groups, layout name)
-VERSION_ROOTS: dict[str, tuple[str, str]] = {
-    "brats2018": ("BRATS2018/MICCAI_BraTS_2018_Data_Training", "brats2018"),
-    "brats2021": ("BRATS2021/BraTS2021_Training_Data", "brats2021"),
-    "brats2023": ("BRATS2023/ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData", "brats2023"),
-    "synthetic": ("BRATS_SYNTHETIC/BraTS2021_Training_Data", "brats2021"),
-    # dataset.json layouts: the layout name of a case also spells the dataset's label map (see dataset_layout)
-    "msd": ("Task01_BrainTumour", "msd"),
-    "nnunet": ("", "nnunet"),
-}
-# versions whose channels and labels are read from {dataset_root}/dataset.json
-DATASET_JSON_VERSIONS: tuple[str, ...] = ("msd", "nnunet")
-MSD_TASK = "Task01_BrainTumour"
+LAYOUTS = FOLDER_LAYOUTS  # the folder naming conventions (brats2018, brats2021, brats2023)
+# The record a case found by its file names alone belongs to (predict.py on a folder of new scans)
+_NAMING_DEFAULT = {"brats2018": "brats2018", "brats2021": "brats2021", "brats2023": "brats2023"}
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -96,13 +60,18 @@ class BadCaseError(ValueError):
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """One patient: the four modality files (canonical modality names), the segmentation, the layout."""
+    """One case: the four modality files (canonical modality names), the segmentation, its data set's record."""
 
     case_id: str
     image_paths: dict[str, Path]
     label_path: Path
-    layout: str
+    dataset: DatasetDef
     channels: dict[str, int] | None = None  # modality -> index in the 4th axis of its (4D) file; None: 3D files
+
+    @property
+    def layout(self) -> str:
+        """The naming convention of its files (``brats2018``/``brats2021``/``brats2023``, ``msd``, ``nnunet``)."""
+        return self.dataset.layout.name if self.dataset.layout is not None else self.dataset.source
 
     def files(self) -> list[Path]:
         """The four modality files in canonical order, then the segmentation."""
@@ -117,59 +86,38 @@ def check_unique_ids(ids: Sequence[str], where: str | Path) -> None:
         raise ValueError(f"duplicate case ids in {where}: {', '.join(duplicates)}")
 
 
-def _check_version(dataset_version: str) -> None:
-    if dataset_version not in VERSION_ROOTS:
-        raise ValueError(f"Unknown dataset_version {dataset_version!r}; valid: {', '.join(DATASET_VERSIONS)}")
+def _definition(dataset: DatasetDef | str, data_path: str | Path) -> DatasetDef:
+    return dataset if isinstance(dataset, DatasetDef) else dataset_def(dataset, data_path)
 
 
-def dataset_layout(kind: str, spec: DatasetSpec) -> str:
-    """Layout name of a dataset.json dataset: ``"{kind}:{value}>{class},..."``, plus ``":ch={i},..."`` (the
-    channel of t1, t1ce, t2, flair) for MSD's 4D images, e.g. ``"msd:0>0,1>2,2>1,3>3:ch=1,2,3,0"``.
-
-    The name carries the label map, so :func:`map_labels` / :func:`unmap_labels` work from it alone (in the
-    cache's ``meta.json`` too), and the cache key changes when the dataset.json does."""
-    name = f"{kind}:" + ",".join(f"{v}>{c}" for v, c in sorted(spec.label_map.items()))
-    if kind == "msd":
-        name += ":ch=" + ",".join(str(spec.channels[m]) for m in MODALITIES)
-    return name
+def _holds_cases(folder: Path, definition: DatasetDef) -> bool:
+    """``folder`` itself holds case folders of ``definition`` (ids fitting its pattern)."""
+    return definition.case_pattern is not None and folder.is_dir() and any(
+        child.is_dir() and definition.fits(child.name) for child in folder.iterdir())
 
 
-@functools.lru_cache(maxsize=64)
-def _parse_layout(layout: str) -> Layout | None:
-    kind, _, rest = layout.partition(":")
-    if kind not in DATASET_JSON_VERSIONS or not rest:
-        return None
-    try:
-        pairs = [p.split(">") for p in rest.split(":")[0].split(",")]
-        label_map = {int(v): int(c) for v, c in pairs}
-    except ValueError:
-        return None
-    if not label_map or any(not 0 <= c <= 3 for c in label_map.values()) or min(label_map) < 0:
-        return None
-    return Layout(layout, ("",), "_", {}, "", frozenset(label_map), label_map)
+def dataset_root(data_path: str | Path, dataset: DatasetDef | str) -> Path:
+    """Folder below ``data_path`` that holds the case folders (or the HGG/LGG groups) of a data set.
 
-
-def _check_layout(layout: str) -> Layout:
-    if layout in LAYOUTS:
-        return LAYOUTS[layout]
-    parsed = _parse_layout(layout) if isinstance(layout, str) else None
-    if parsed is None:
-        raise ValueError(f"Unknown layout {layout!r}; valid: {', '.join(LAYOUTS)}, or msd:/nnunet:<label map>")
-    return parsed
-
-
-def dataset_root(data_path: str | Path, dataset_version: str) -> Path:
-    """Folder below ``data_path`` that holds the case folders (or the HGG/LGG groups) of a version.
-
-    ``msd``: ``{data_path}/Task01_BrainTumour``, or ``data_path`` itself when it is that folder (holds a
-    dataset.json and no Task01_BrainTumour); ``nnunet``: ``data_path`` itself (``{nnUNet_raw}/DatasetXXX_Name``).
+    ``data_path`` itself when it already holds case folders fitting the record's id pattern (whatever the
+    release calls that folder); ``msd``: ``{data_path}/Task01_BrainTumour``, or ``data_path`` itself when it is
+    that folder (holds a dataset.json and no Task01_BrainTumour); ``nnunet``: ``data_path`` itself
+    (``{nnUNet_raw}/DatasetXXX_Name``).
     """
-    _check_version(dataset_version)
-    if dataset_version == "msd":
-        path = Path(data_path)
+    path = Path(data_path)
+    name = dataset if isinstance(dataset, str) else dataset.source if dataset.source != "folders" else dataset.name
+    if name == "msd":
         if not (path / MSD_TASK).is_dir() and (path.name == MSD_TASK or (path / DATASET_JSON).is_file()):
             return path
-    return Path(data_path) / VERSION_ROOTS[dataset_version][0]
+        return path / MSD_TASK
+    if name == "nnunet":
+        return path
+    definition = as_def(dataset) if not isinstance(dataset, str) or dataset in DATASETS else None
+    if definition is None:
+        raise ValueError(f"Unknown dataset_version {dataset!r}; valid: {', '.join(DATASET_VERSIONS)}")
+    if _holds_cases(path, definition):
+        return path
+    return path / definition.root
 
 
 def _find_file(folder: Path, layout: Layout, case_id: str, suffix: str) -> Path:
@@ -181,36 +129,40 @@ def _find_file(folder: Path, layout: Layout, case_id: str, suffix: str) -> Path:
     return folder / layout.file_name(case_id, suffix)
 
 
-def _case_record(folder: Path, layout: Layout) -> CaseRecord:
-    case_id = folder.name
-    images = {m: _find_file(folder, layout, case_id, layout.suffixes[m]) for m in MODALITIES}
-    return CaseRecord(case_id, images, _find_file(folder, layout, case_id, layout.seg_suffix), layout.name)
+def _case_record(folder: Path, definition: DatasetDef) -> CaseRecord:
+    case_id, layout = folder.name, definition.layout
+    images = {m: _find_file(folder, layout, case_id, layout.suffix(m)) for m in MODALITIES}
+    return CaseRecord(case_id, images, _find_file(folder, layout, case_id, layout.seg_suffix), definition)
 
 
-def discover_cases(data_path: str | Path, dataset_version: str, max_samples: int | None = None) -> list[CaseRecord]:
-    """Every case folder of a dataset, sorted by case id.
+def discover_cases(data_path: str | Path, dataset: DatasetDef | str, max_samples: int | None = None
+                   ) -> list[CaseRecord]:
+    """Every case folder of a data set (a record, or a ``--dataset_version`` name), sorted by case id.
 
     A case folder is any non-hidden sub-directory of the dataset root (of ``HGG``/``LGG`` for BraTS
-    2018); its files are matched by their exact expected names, so missing files are reported by
-    :func:`validate_case`, not skipped here.  ``max_samples`` keeps the first N cases in sorted order.
+    2018); its files are matched by their exact expected names, so missing files (and ids that do not fit
+    the data set's pattern) are reported by :func:`validate_case`, not skipped here.  ``max_samples`` keeps
+    the first N cases in sorted order.
 
     Raises:
-        ValueError: unknown ``dataset_version`` or ``max_samples < 1``.
+        ValueError: unknown data set or ``max_samples < 1``.
         FileNotFoundError: no case folder found (the message names the folder and the layout).
     """
-    root = dataset_root(data_path, dataset_version)
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be a positive integer or None, got {max_samples}")
-    if dataset_version in DATASET_JSON_VERSIONS:
+    kind = dataset if isinstance(dataset, str) else dataset.source
+    if kind in DATASET_JSON_VERSIONS:  # the record comes from the dataset.json: look for the folder first
+        root = dataset_root(data_path, kind)
         if not (root / DATASET_JSON).is_file() and not (root / "imagesTr").is_dir():
-            raise FileNotFoundError(f"No {dataset_version} cases found in {root} (expected {root / DATASET_JSON} "
-                                    f"and {root / 'imagesTr'}; {_EXPECTED[dataset_version]})")
-        records = dataset_json_cases(root, dataset_version)
+            raise FileNotFoundError(f"No {kind} cases found in {root} (expected {root / DATASET_JSON} "
+                                    f"and {root / 'imagesTr'}; {_EXPECTED[kind]})")
+        records = dataset_json_cases(root, kind)
         if not records:
-            raise FileNotFoundError(f"No {dataset_version} cases found in {root / 'imagesTr'} "
-                                    f"({_EXPECTED[dataset_version]})")
+            raise FileNotFoundError(f"No {kind} cases found in {root / 'imagesTr'} ({_EXPECTED[kind]})")
         return records[:max_samples] if max_samples is not None else records
-    layout = LAYOUTS[VERSION_ROOTS[dataset_version][1]]
+    definition = _definition(dataset, data_path)
+    root = dataset_root(data_path, definition)
+    layout = definition.layout
     folders = [
         child
         for group in layout.groups
@@ -220,10 +172,10 @@ def discover_cases(data_path: str | Path, dataset_version: str, max_samples: int
     ]
     if not folders:
         example = Path(*(g for g in (layout.groups[0], "<case>") if g)) / layout.file_name(
-            "<case>", layout.suffixes["t1"])
+            "<case>", layout.suffix("t1"))
         raise FileNotFoundError(
-            f"No {dataset_version} cases found in {root} (expected layout {layout.name}: {root / example})")
-    records = sorted((_case_record(f, layout) for f in folders), key=lambda r: r.case_id)
+            f"No {definition.name} cases found in {root} (expected layout {layout.name}: {root / example})")
+    records = sorted((_case_record(f, definition) for f in folders), key=lambda r: r.case_id)
     check_unique_ids([r.case_id for r in records], root)
     return records[:max_samples] if max_samples is not None else records
 
@@ -252,14 +204,14 @@ def dataset_json_cases(root: str | Path, kind: str, images_dir: str = "imagesTr"
         DatasetJsonError: dataset.json missing or not mappable (a ``ValueError``).
     """
     root = Path(root)
-    spec = parse_dataset_json(root)
-    layout = dataset_layout(kind, spec)
+    definition = dataset_json_def(kind, root)
+    channels = dict(definition.channels)
     images, labels = root / images_dir, root / labels_dir
     if not images.is_dir():
         return []
     records = []
     if kind == "msd":
-        endings = (spec.file_ending,) if spec.file_ending != ".nii.gz" else NIFTI_EXTENSIONS
+        endings = (definition.file_ending,) if definition.file_ending != ".nii.gz" else NIFTI_EXTENSIONS
         for path in sorted(images.iterdir()):
             ending = next((e for e in endings if _is_image_file(path, e)), None)
             if ending is None:
@@ -267,14 +219,14 @@ def dataset_json_cases(root: str | Path, kind: str, images_dir: str = "imagesTr"
             case_id = path.name[: -len(ending)]
             label = next((labels / f"{case_id}{e}" for e in NIFTI_EXTENSIONS if (labels / f"{case_id}{e}").is_file()),
                          labels / f"{case_id}{ending}")
-            records.append(CaseRecord(case_id, dict.fromkeys(MODALITIES, path), label, layout, dict(spec.channels)))
+            records.append(CaseRecord(case_id, dict.fromkeys(MODALITIES, path), label, definition, channels))
     else:
-        ending = spec.file_ending
+        ending = definition.file_ending
         ids = sorted({m["case"] for p in images.iterdir() if _is_image_file(p, ending)
                       if (m := _CHANNEL_FILE.match(p.name[: -len(ending)]))})
         for case_id in ids:
-            paths = {m: images / f"{case_id}_{spec.channels[m]:04d}{ending}" for m in MODALITIES}
-            records.append(CaseRecord(case_id, paths, labels / f"{case_id}{ending}", layout))
+            paths = {m: images / f"{case_id}_{channels[m]:04d}{ending}" for m in MODALITIES}
+            records.append(CaseRecord(case_id, paths, labels / f"{case_id}{ending}", definition))
     return records
 
 
@@ -330,12 +282,15 @@ def validate_case(case: CaseRecord, *, full: bool = False) -> None:
     """Cheap checks of one case: every file exists, headers are readable, shapes and affines agree.
 
     With ``full=True`` the voxel data are read too (truncated data, NaN/inf, labels outside the
-    layout's set), which is what :func:`load_case` does anyway.
+    data set's label values), which is what :func:`load_case` does anyway. A case id that does not fit a data set
+    whose ids are fixed (the BraTS 2023+ tasks) is a bad case too.
 
     Raises:
         BadCaseError: naming the case and the offending file.
     """
-    _check_layout(case.layout)
+    if case.dataset.enforce_ids and not case.dataset.fits(case.case_id):
+        raise BadCaseError(case.case_id, case.label_path.parent, f"case id {case.case_id!r} does not fit the "
+                           f"{case.dataset.name} ids ({case.dataset.case_pattern})")
     reference_path = case.image_paths[MODALITIES[0]]
     reference = _open_header(case, reference_path)
     for path in list(dict.fromkeys(case.files()))[1:]:
@@ -350,27 +305,14 @@ def validate_case(case: CaseRecord, *, full: bool = False) -> None:
         read_case(case)
 
 
-def map_labels(seg: np.ndarray, layout: str) -> np.ndarray:
-    """BraTS labels -> model classes 0..3 as uint8 (4 -> 3 for 2018/2021; 2023 unchanged).
+def map_labels(seg: np.ndarray, dataset: DatasetDef | str) -> np.ndarray:
+    """File label values -> model classes as uint8 (BraTS 2018/2021: 4 -> 3; BraTS 2023 unchanged), by the data
+    set's record (or a registered ``--dataset_version`` name).
 
     Raises:
-        ValueError: non-integer values or labels outside the layout's label set.
+        ValueError: non-integer values or labels outside the data set's label set.
     """
-    spec = _check_layout(layout)
-    seg = np.asarray(seg)
-    if not np.issubdtype(seg.dtype, np.integer):
-        if not np.all(np.isfinite(seg)):
-            raise ValueError("segmentation contains NaN or inf values")
-        if not np.array_equal(seg, np.round(seg)):
-            raise ValueError("segmentation contains non-integer values")
-    values = np.unique(seg).astype(np.int64)
-    unexpected = sorted(set(values.tolist()) - spec.labels)
-    if unexpected:
-        raise ValueError(f"labels {unexpected} outside the {layout} label set {sorted(spec.labels)}")
-    lut = np.zeros(max(spec.labels) + 1, dtype=np.uint8)
-    for value in spec.labels:
-        lut[value] = spec.label_map.get(value, value)
-    return lut[seg.astype(np.int64)]
+    return as_def(dataset).map_labels(seg)
 
 
 def normalize_modality(volume: np.ndarray, percentiles: tuple[float, float] = CLIP_PERCENTILES) -> np.ndarray:
@@ -449,7 +391,7 @@ def read_case(case: CaseRecord) -> RawCase:
         affine = img.affine if affine is None else affine
     seg, img = _read_volume(case, case.label_path)
     try:
-        label = map_labels(seg, case.layout)
+        label = map_labels(seg, case.dataset)
     except ValueError as exc:
         raise BadCaseError(case.case_id, case.label_path, str(exc)) from exc
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3][::-1])
@@ -463,25 +405,20 @@ def load_case(case: CaseRecord) -> tuple[np.ndarray, np.ndarray, tuple[float, fl
     return image, raw.label, raw.spacing
 
 
-def unmap_labels(classes: np.ndarray, layout: str) -> np.ndarray:
-    """Model classes 0..3 -> the layout's BraTS labels as uint8 (3 -> 4 for 2018/2021; 2023 unchanged):
-    the inverse of :func:`map_labels`, for writing predictions in the dataset's convention."""
-    spec = _check_layout(layout)
-    inverse = {spec.label_map.get(label, label): label for label in sorted(spec.labels, reverse=True)}
-    lut = np.zeros(max(inverse) + 1, dtype=np.uint8)
-    for cls, label in inverse.items():
-        lut[cls] = label
-    classes = np.asarray(classes)
-    if classes.size and (classes.min() < 0 or classes.max() >= len(lut)):
-        raise ValueError(f"model classes must lie in 0..{len(lut) - 1}, got {classes.min()}..{classes.max()}")
-    return lut[classes.astype(np.int64)]
+def unmap_labels(classes: np.ndarray, dataset: DatasetDef | str | dict[str, Any]) -> np.ndarray:
+    """Model classes -> the data set's label values as uint8 (3 -> 4 for 2018/2021; 2023 unchanged; PED's ET is 1):
+    the inverse of :func:`map_labels`, for writing predictions in the data set's convention."""
+    return as_def(dataset).unmap_labels(classes)
 
 
-def find_case(folder: str | Path, prefer: str | None = None) -> CaseRecord | None:
-    """The case in ``folder`` (named by its case id) in the first layout whose four modality files are
-    all there, ``prefer`` tried first; ``None`` if no layout fits. The segmentation may be absent."""
-    for name in dict.fromkeys([prefer, *LAYOUTS] if prefer in LAYOUTS else LAYOUTS):
-        record = _case_record(Path(folder), LAYOUTS[name])
+def find_case(folder: str | Path, prefer: DatasetDef | None = None) -> CaseRecord | None:
+    """The case in ``folder`` (named by its case id) in the first naming whose four modality files are all there,
+    ``prefer``'s first (the case then belongs to that record); otherwise the record of that naming (BraTS
+    2018/2021 or 2023). ``None`` if no naming fits. The segmentation may be absent."""
+    candidates = [prefer] if prefer is not None and prefer.layout is not None else []
+    candidates += [DATASETS[_NAMING_DEFAULT[name]] for name in FOLDER_LAYOUTS if name != "brats2018"]
+    for definition in candidates:
+        record = _case_record(Path(folder), definition)
         if all(p.is_file() for p in record.image_paths.values()):
             return record
     return None
@@ -509,7 +446,7 @@ def _has_nifti(folder: Path) -> bool:
     return any(p.is_file() and p.name.endswith(NIFTI_EXTENSIONS) for p in folder.iterdir())
 
 
-def _cases_in(folder: Path, prefer: str | None, depth: int) -> list[CaseRecord]:
+def _cases_in(folder: Path, prefer: DatasetDef | None, depth: int) -> list[CaseRecord]:
     dataset_cases = find_dataset_folder_cases(folder)  # MSD / nnU-Net folder (dataset.json), or its images*
     if dataset_cases is not None:
         return dataset_cases
@@ -525,12 +462,12 @@ def _cases_in(folder: Path, prefer: str | None, depth: int) -> list[CaseRecord]:
     return [c for sub in subfolders for c in _cases_in(sub, prefer, depth - 1)]
 
 
-def find_input_cases(input_dir: str | Path, prefer: str | None = None) -> list[CaseRecord]:
+def find_input_cases(input_dir: str | Path, prefer: DatasetDef | None = None) -> list[CaseRecord]:
     """The cases of ``input_dir`` (new scans to predict): a case folder, or a folder of case folders (or of
-    group folders of case folders, e.g. BraTS 2018's HGG/LGG), in any supported layout (``prefer`` tried
-    first), sorted by id. An MSD or nnU-Net dataset folder (holding dataset.json) gives the cases of its
-    ``imagesTs`` (else ``imagesTr``), its ``images*`` folder those of that folder; their labels are written
-    back in the dataset.json's numbering."""
+    group folders of case folders, e.g. BraTS 2018's HGG/LGG), in any supported naming (``prefer``'s, the
+    run's data set, tried first), sorted by id. An MSD or nnU-Net dataset folder (holding dataset.json) gives the
+    cases of its ``imagesTs`` (else ``imagesTr``), its ``images*`` folder those of that folder; their labels are
+    written back in the dataset.json's numbering."""
     root = Path(input_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"input folder not found: {root}")

@@ -1,4 +1,4 @@
-"""Deterministic synthetic BraTS dataset written as real NIfTI files in the BraTS 2021 layout.
+"""Deterministic synthetic BraTS datasets written as real NIfTI files, in the naming and labels of a task.
 
 Two difficulties, chosen by ``difficulty``:
 
@@ -11,15 +11,31 @@ Two difficulties, chosen by ``difficulty``:
   (white-matter hyperintensities on FLAIR/T2, enhancing vessels on T1ce) and 1-3 irregular, lobulated
   tumours per case (see :func:`synthesize_realistic_case` for what is promised).
 
-Labels are BraTS 2021's: 1 necrosis / non-enhancing core, 2 edema, 4 enhancing tumour.  Edema is
+The tumour has three parts: necrosis / non-enhancing core, edema and enhancing tumour.  Edema is
 bright on FLAIR and T2 and fades towards its border, the enhancing rim is bright on T1ce, necrosis
 is dark on T1ce; tumour intensities are heterogeneous and overlap those of normal tissue.
+
+``task`` (one of :data:`brats_data.definitions.SYNTHETIC_TASKS`) chooses the record the data set imitates,
+:func:`brats_data.definitions.synthetic_def`: its folder, file names, case ids and label values.
+
+- ``"brats2021"`` (the default): ``BRATS_SYNTHETIC/BraTS2021_Training_Data/BraTS2021_00000/BraTS2021_00000_t1.nii.gz``
+  ..., labels 1 necrosis, 2 edema, 4 enhancing.  Byte for byte what the generator wrote before tasks existed.
+- the others: ``BRATS_SYNTHETIC_{TASK}/cases/BraTS-{TAG}-PPPPP-TTT/BraTS-{TAG}-PPPPP-TTT-{t1n,t1c,t2w,t2f,seg}.nii.gz``,
+  each part written with the value of its class in the task's scheme (necrosis -> NETC, edema -> SNFH or ED,
+  enhancing -> ET).  Patients are numbered from 0 and every 5th case is the second timepoint of the patient
+  before it (``BraTS-GLI-00003-000``, ``BraTS-GLI-00003-001``: same brain, another tumour).  The schemes with a
+  resection cavity (``brats2024``, ``brats_met``: RC) get one beside the tumour, the scheme with a cystic
+  component (``brats_ped``: CC) a cyst in the tumour core, in 3 of 4 cases (fewer PED cysts in tiny volumes,
+  where a core can be too small for one; :func:`_add_fluid`;
+  ``docs/images/synthetic_tasks.png`` shows one of each).  Apart from these, a first timepoint is the default
+  task's case of the same seed and index (same images and tumour), its labels renamed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -33,6 +49,7 @@ from scipy import ndimage
 from utils.labels import MODALITIES
 
 from .cases import dataset_root
+from .definitions import synthetic_def
 from .locking import file_lock
 
 GENERATOR_VERSION = 2
@@ -40,6 +57,24 @@ MANIFEST_NAME = "synthetic_manifest.json"
 DEFAULT_SHAPE: tuple[int, int, int] = (96, 96, 64)
 DIFFICULTIES = ("easy", "realistic")
 DEFAULT_DIFFICULTY = "realistic"
+DEFAULT_TASK = "brats2021"
+
+# The generator's own label codes: BraTS 2021's values of the tumour parts, then the fluid structures only some
+# tasks label.  A task's files hold ``write_back`` of the class each code stands for (:func:`_file_values`).
+NECROSIS, EDEMA, ENHANCING, CAVITY, CYST = 1, 2, 4, 5, 6
+CODE_CLASSES: dict[int, tuple[str, ...]] = {NECROSIS: ("ncr", "netc"), EDEMA: ("ed", "snfh"), ENHANCING: ("et",),
+                                            CAVITY: ("rc",), CYST: ("cc",)}
+# Fluid per modality (t1, t1ce, t2, flair), relative to white matter on T1 like the tissues below: a resection
+# cavity holds CSF-like fluid (dark on T1/T1ce, bright on T2, suppressed on FLAIR); a tumour cyst holds
+# proteinaceous fluid, so its FLAIR is only partly suppressed.  Neither enhances.
+FLUID_INTENSITY: dict[int, tuple[float, float, float, float]] = {
+    CAVITY: (0.32, 0.32, 1.55, 0.28),
+    CYST: (0.40, 0.38, 1.50, 0.55),
+}
+FLUID_JITTER = 0.08
+NO_FLUID_EVERY = 4  # case i has no cavity / cyst when i % 4 == 1: 3 of 4 cases have one, so both kinds occur
+FOLLOW_UP_EVERY = 5  # case i with i % 5 == 4 is timepoint 001 of the patient of case i - 1 (non-default tasks)
+CYST_MIN_CORE = 27  # core voxels a lesion needs for a cyst that leaves it a solid part
 
 # --------------------------------------------------------------------------- easy (original) phantoms
 
@@ -147,11 +182,15 @@ def _tumour(rng: np.random.Generator, brain: np.ndarray) -> np.ndarray:
     return seg
 
 
-def _synthesize_easy(seed: int, index: int, shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """The original cartoon phantom (``difficulty="easy"``); its bytes must never change."""
+def _synthesize_easy(seed: int, index: int, shape: tuple[int, int, int],
+                     task: str = DEFAULT_TASK) -> tuple[np.ndarray, np.ndarray]:
+    """The original cartoon phantom (``difficulty="easy"``): images and seg in the task's label values.  Its
+    bytes must never change for the default task."""
     rng = np.random.default_rng([seed, index])
-    brain, weights = _brain_phantom(rng, shape)
+    first = _first_timepoint(task, index)  # a second timepoint has the brain of its patient's first case
+    brain, weights = _brain_phantom(rng if first == index else np.random.default_rng([seed, first]), shape)
     seg = _tumour(rng, brain)
+    fluid = _add_fluid(seed, index, seg, brain, task)
     labels = seg[brain]
     tumour = labels > 0
     texture = 1 + 0.04 * _smooth_noise(rng, shape, 2)[brain]
@@ -159,15 +198,17 @@ def _synthesize_easy(seed: int, index: int, shape: tuple[int, int, int]) -> tupl
     for m in range(len(MODALITIES)):
         healthy = np.array([TISSUE_INTENSITY[t][m] for t in ("wm", "gm", "csf")], dtype=np.float32)
         tissue = healthy @ weights
-        contrast = np.zeros(max(TUMOUR_LABELS.values()) + 1, dtype=np.float32)
+        contrast = np.zeros(CYST + 1, dtype=np.float32)
         for name, label in TUMOUR_LABELS.items():
             contrast[label] = TISSUE_INTENSITY[name][m] * rng.uniform(0.93, 1.07)
+        for code, value in fluid.items():  # drawn by _add_fluid, so the default task draws nothing more here
+            contrast[code] = value[m]
         tissue[tumour] = contrast[labels[tumour]]
         # per modality: a float32 gain, a fixed-strength bias field and a float32 noise level
         gain = np.float32(600.0 * rng.uniform(0.8, 1.25))
         bias = _bias_field(rng, shape, BIAS_STRENGTH, brain)
         images[m][brain] = _acquire(rng, tissue * texture, bias, gain, np.float32(NOISE_SIGMA) * gain)
-    return images, seg
+    return images, _file_values(task)[seg]
 
 
 
@@ -384,8 +425,11 @@ def _blobs(rng: np.random.Generator, tissue: np.ndarray, count: int, radius: tup
 
 
 def _render(rng: np.random.Generator, tissue: np.ndarray, seg: np.ndarray, weight: np.ndarray,
-            enhancing: bool, unit: float) -> np.ndarray:
-    """Four int16 images: textured tissue, blended tumour and look-alikes, blur, bias field, gain, Rician noise."""
+            enhancing: bool, unit: float, fluid: dict[int, np.ndarray] | None = None) -> np.ndarray:
+    """Four int16 images: textured tissue, blended tumour and look-alikes, blur, bias field, gain, Rician noise.
+
+    ``fluid``: the intensities of the fluid codes in ``seg`` (from :func:`_add_fluid`, which drew them).
+    """
     shape = tissue.shape
     brain = tissue > 0
     wmh = _blobs(rng, tissue, int(rng.integers(0, 7)), (1.5 * unit, 4 * unit), (WM,))
@@ -408,9 +452,11 @@ def _render(rng: np.random.Generator, tissue: np.ndarray, seg: np.ndarray, weigh
         for name, blob in (("wmh", wmh), ("vessel", vessels)):
             value = REALISTIC_INTENSITY[name][m] * rng.uniform(1 - LESION_JITTER, 1 + LESION_JITTER)
             clean += blob * (value - clean)
-        values = np.zeros(5, dtype=np.float32)
+        values = np.zeros(CYST + 1, dtype=np.float32)
         for label, name in core_name.items():
             values[label] = REALISTIC_INTENSITY[name][m] * rng.uniform(1 - LESION_JITTER, 1 + LESION_JITTER)
+        for code, value in (fluid or {}).items():
+            values[code] = value[m]
         flat = clean.reshape(-1)
         flat[tumour] += w * (values[seg.ravel()[tumour]] * tumour_texture - flat[tumour])
         clean = ndimage.gaussian_filter(clean, PARTIAL_VOLUME_SIGMA, truncate=3.0)
@@ -419,11 +465,131 @@ def _render(rng: np.random.Generator, tissue: np.ndarray, seg: np.ndarray, weigh
     return images
 
 
-def synthesize_realistic_case(seed: int, index: int, shape: tuple[int, int, int] = DEFAULT_SHAPE
-                              ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """One realistic phantom: images (4, X, Y, Z) int16, seg (X, Y, Z) uint8 and a description.
+# --------------------------------------------------------------------------- tasks: ids, label values, fluid
 
-    Promised, over many cases (tests/test_synthetic.py checks it):
+def _first_timepoint(task: str, index: int) -> int:
+    """The case whose brain case ``index`` shares: itself, or for a second timepoint (every FOLLOW_UP_EVERY-th
+    case of a non-default task) the case before it, so that timepoints of one patient look alike and splits
+    that keep a patient's timepoints together are exercised.  The default task has one case per patient."""
+    follow_up = task != DEFAULT_TASK and index % FOLLOW_UP_EVERY == FOLLOW_UP_EVERY - 1
+    return index - 1 if follow_up else index
+
+
+def case_id(index: int, task: str = DEFAULT_TASK) -> str:
+    """Id (= folder name) of case ``index``: ``BraTS2021_{index:05d}`` for the default task, else
+    ``BraTS-{TAG}-{patient:05d}-{timepoint:03d}`` with the TAG of the task's id pattern (GLI, MET, ...)."""
+    if task == DEFAULT_TASK:
+        return f"BraTS2021_{index:05d}"
+    definition = synthetic_def(task)
+    tag = re.search(r"BraTS-([A-Z]+)-", definition.case_pattern or "")
+    if tag is None:
+        raise ValueError(f"synthetic task {task!r}: no BraTS-TAG- in its case pattern {definition.case_pattern!r}")
+    first = _first_timepoint(task, index)
+    patient = first - (first + 1) // FOLLOW_UP_EVERY  # first timepoints are numbered 0, 1, 2, ... without gaps
+    return f"BraTS-{tag[1]}-{patient:05d}-{index - first:03d}"
+
+
+def _file_values(task: str) -> np.ndarray:
+    """Lookup table: generator label code -> the task's file value (``write_back`` of the code's class)."""
+    definition = synthetic_def(task)
+    keys = [c.key for c in definition.scheme.classes]
+    lut = np.zeros(CYST + 1, dtype=np.uint8)
+    for code, names in CODE_CLASSES.items():
+        for name in names:
+            if name in keys:
+                lut[code] = definition.write_back[keys.index(name) + 1]
+    return lut
+
+
+def _largest(mask: np.ndarray) -> np.ndarray | None:
+    """The largest connected component of ``mask`` (None when it is empty)."""
+    components, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    return components == np.argmax(np.bincount(components.ravel())[1:]) + 1
+
+
+def _fluid_ellipsoid(rng: np.random.Generator, shape: tuple[int, ...], centre: np.ndarray, radius: float,
+                     irregularity: float) -> tuple[tuple[slice, ...], np.ndarray]:
+    """A roundish fluid region: its box and mask (an ellipsoid of about ``radius``, boundary perturbed)."""
+    axes = radius * rng.uniform(0.85, 1.2, 3)
+    axes *= radius / np.prod(axes) ** (1 / 3)
+    box = _box(centre, 1.5 * radius + 1, shape)
+    local = _box_shape(box)
+    dist = _ellipsoid_radius(local, centre - np.array([b.start for b in box]), axes)
+    return box, dist * (1 + irregularity * _smooth_noise(rng, local, max(2.0, radius / 2))) < 1
+
+
+def _add_cavity(rng: np.random.Generator, seg: np.ndarray, brain: np.ndarray) -> int:
+    """Paint a resection cavity (CAVITY) beside the main lesion; returns its voxels (0: no room for one).
+
+    Its volume is 30-100% of the lesion's (radius >= 2 voxels); its centre is a brain voxel 0.3-0.8 radii
+    from the lesion, deep enough in the brain that most of the cavity fits, so the cavity touches the lesion
+    (or nearly: its boundary is irregular).  It is painted over healthy tissue only, never over tumour labels.
+    """
+    main = _largest(seg > 0)
+    if main is None:
+        return 0
+    volume = main.sum() * rng.uniform(0.3, 1.0)
+    radius = max(2.0, float((3 * volume / (4 * np.pi)) ** (1 / 3)))
+    gap = ndimage.distance_transform_edt(~main)
+    near = brain & (seg == 0) & (gap >= 0.3 * radius) & (gap <= 0.8 * radius)
+    candidates = np.flatnonzero(near & (ndimage.distance_transform_edt(brain) >= 0.7 * radius))
+    if candidates.size == 0:  # a small brain: take any spot beside the lesion
+        candidates = np.flatnonzero(near)
+        if candidates.size == 0:
+            return 0
+    centre = np.array(np.unravel_index(rng.choice(candidates), seg.shape), dtype=np.float32)
+    box, cavity = _fluid_ellipsoid(rng, seg.shape, centre, radius, 0.1)
+    cavity &= brain[box] & (seg[box] == 0)
+    seg[box][cavity] = CAVITY
+    return int(cavity.sum())
+
+
+def _add_cyst(rng: np.random.Generator, seg: np.ndarray) -> int:
+    """Paint a cyst (CYST) in the main tumour core; returns its voxels (0: the core is too small for one).
+
+    A round region of 0.35-0.6 times the core's equivalent radius (>= 1.5 voxels) centred on a random core
+    voxel: inside the core, or at its edge where it bulges into the edema around it (never out of the tumour).
+    """
+    core = _largest(np.isin(seg, (NECROSIS, ENHANCING)))
+    if core is None or core.sum() < CYST_MIN_CORE:
+        return 0
+    radius = max(1.5, rng.uniform(0.35, 0.6) * float((3 * core.sum() / (4 * np.pi)) ** (1 / 3)))
+    centre = np.array(np.unravel_index(rng.choice(np.flatnonzero(core)), seg.shape), dtype=np.float32)
+    box, cyst = _fluid_ellipsoid(rng, seg.shape, centre, radius, 0.05)
+    cyst &= seg[box] > 0
+    seg[box][cyst] = CYST
+    return int(cyst.sum())
+
+
+def _add_fluid(seed: int, index: int, seg: np.ndarray, brain: np.ndarray, task: str) -> dict[int, np.ndarray]:
+    """Paint the fluid structure the task's scheme labels into ``seg`` (generator codes, in place): a resection
+    cavity (schemes with RC) or a tumour cyst (schemes with CC), in every case but each NO_FLUID_EVERY-th.
+
+    Returns what was painted: code -> its relative intensity per modality (FLUID_INTENSITY, jittered).  It draws
+    from a stream of its own, so the default task (no fluid) draws nothing and keeps its bytes, and a case of
+    another task has the anatomy, tumour and acquisition of the default task's case (but for second timepoints).
+    """
+    keys = {c.key for c in synthetic_def(task).scheme.classes}
+    code = CAVITY if "rc" in keys else CYST if "cc" in keys else None
+    if code is None or index % NO_FLUID_EVERY == 1:
+        return {}
+    rng = np.random.default_rng([seed, index, 3])
+    painted = _add_cavity(rng, seg, brain) if code == CAVITY else _add_cyst(rng, seg)
+    if not painted:
+        return {}
+    return {code: np.asarray(FLUID_INTENSITY[code]) * rng.uniform(1 - FLUID_JITTER, 1 + FLUID_JITTER, 4)}
+
+
+# --------------------------------------------------------------------------- one case, one data set
+
+def synthesize_realistic_case(seed: int, index: int, shape: tuple[int, int, int] = DEFAULT_SHAPE,
+                              task: str = DEFAULT_TASK) -> tuple[np.ndarray, np.ndarray, dict]:
+    """One realistic phantom: images (4, X, Y, Z) int16, seg (X, Y, Z) uint8 in the task's label values and a
+    description.
+
+    Promised, over many cases (tests/test_synthetic.py checks it; label numbers of the default task):
 
     - 1, 2 or 3 lesions (probabilities 0.55 / 0.30 / 0.15); each extra lesion is a small satellite
       next to the main one (60%, if that spot is in the brain) or a distant focus, with 3-25% of the
@@ -435,22 +601,30 @@ def synthesize_realistic_case(seed: int, index: int, shape: tuple[int, int, int]
     - every lesion has edema (label 2) around its core.
 
     The description holds ``n_lesions``, ``lesion_kinds``, ``lesion_voxels``, ``target_fraction``,
-    ``wt_fraction`` (measured), ``labels`` (present, without 0) and ``enhancing``.
+    ``wt_fraction`` (measured, the tumour without a resection cavity), ``labels`` (the file values present,
+    without 0), ``enhancing`` and ``fluid_voxels`` (of the cavity or cyst; 0 when there is none).
     """
     rng = np.random.default_rng([seed, index, 2])
-    tissue, centre, axes = _anatomy(rng, shape)
+    first = _first_timepoint(task, index)  # a second timepoint has the brain of its patient's first case
+    tissue, centre, axes = _anatomy(rng if first == index else np.random.default_rng([seed, first, 2]), shape)
     seg, weight, info = _tumour_model(rng, tissue > 0, centre, axes)
-    images = _render(rng, tissue, seg, weight, info["enhancing"], float(axes.mean()) / 70)
+    fluid = _add_fluid(seed, index, seg, tissue > 0, task)
+    weight[seg >= CAVITY] = 1.0  # the fluid replaces the tissue (or the fading edema) where it lies
+    images = _render(rng, tissue, seg, weight, info["enhancing"], float(axes.mean()) / 70, fluid)
+    info["fluid_voxels"] = int((seg >= CAVITY).sum())
+    seg = _file_values(task)[seg]
+    info["labels"] = sorted(int(v) for v in np.unique(seg) if v)
     return images, seg, info
 
 
 def synthesize_case(seed: int, index: int, shape: tuple[int, int, int] = DEFAULT_SHAPE,
-                    difficulty: str = DEFAULT_DIFFICULTY) -> tuple[np.ndarray, np.ndarray]:
-    """One phantom in nibabel (X, Y, Z) order: images (4, X, Y, Z) int16 (canonical modalities), seg uint8."""
+                    difficulty: str = DEFAULT_DIFFICULTY, task: str = DEFAULT_TASK) -> tuple[np.ndarray, np.ndarray]:
+    """One phantom in nibabel (X, Y, Z) order: images (4, X, Y, Z) int16 (canonical modalities), seg uint8 in
+    the label values of ``task``."""
     if difficulty == "easy":
-        return _synthesize_easy(seed, index, shape)
+        return _synthesize_easy(seed, index, shape, task)
     if difficulty == "realistic":
-        return synthesize_realistic_case(seed, index, shape)[:2]
+        return synthesize_realistic_case(seed, index, shape, task)[:2]
     raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
 
 
@@ -463,9 +637,12 @@ def _write_nifti(data: np.ndarray, path: Path) -> None:
     nib.save(img, str(path))
 
 
-def _manifest(n_cases: int, seed: int, shape: tuple[int, int, int], difficulty: str) -> dict:
-    return {"generator_version": GENERATOR_VERSION, "n_cases": n_cases, "seed": seed, "shape": list(shape),
-            "difficulty": difficulty}
+def _manifest(n_cases: int, seed: int, shape: tuple[int, int, int], difficulty: str, task: str) -> dict:
+    manifest = {"generator_version": GENERATOR_VERSION, "n_cases": n_cases, "seed": seed, "shape": list(shape),
+                "difficulty": difficulty}
+    if task != DEFAULT_TASK:  # the default's manifest stays as it was: data generated before tasks stays valid
+        manifest["task"] = task
+    return manifest
 
 
 def _is_complete(root: Path, manifest: dict) -> bool:
@@ -477,20 +654,24 @@ def _is_complete(root: Path, manifest: dict) -> bool:
             return False
     except (OSError, ValueError):
         return False
-    return all((root / f"BraTS2021_{i:05d}").is_dir() for i in range(manifest["n_cases"]))
+    task = manifest.get("task", DEFAULT_TASK)
+    return all((root / case_id(i, task)).is_dir() for i in range(manifest["n_cases"]))
 
 
 def generate_synthetic_dataset(data_path: str | Path, n_cases: int = 20, seed: int = 0,
                                shape: tuple[int, int, int] = DEFAULT_SHAPE,
-                               difficulty: str = DEFAULT_DIFFICULTY) -> Path:
-    """Write ``n_cases`` phantoms to ``{data_path}/BRATS_SYNTHETIC/BraTS2021_Training_Data`` and return it.
+                               difficulty: str = DEFAULT_DIFFICULTY, task: str = DEFAULT_TASK) -> Path:
+    """Write ``n_cases`` phantoms imitating ``task`` under ``data_path`` and return the folder of the cases.
 
-    Cases are ``BraTS2021_00000 ...`` with ``_{t1,t1ce,t2,flair,seg}.nii.gz`` files (int16 images,
-    uint8 labels 0/1/2/4, 1 mm spacing, ``shape`` in NIfTI (X, Y, Z) order).  ``difficulty`` is
-    ``"realistic"`` (default) or ``"easy"`` (the original cartoon phantoms, see the module docstring).
-    Deterministic: case i depends only on (seed, i, difficulty) and the bytes are identical between
+    ``task`` ``"brats2021"`` (default): ``{data_path}/BRATS_SYNTHETIC/BraTS2021_Training_Data``, cases
+    ``BraTS2021_00000 ...`` with ``_{t1,t1ce,t2,flair,seg}.nii.gz`` files, labels 0/1/2/4.  Another task of
+    :data:`brats_data.definitions.SYNTHETIC_TASKS`: ``{data_path}/`` + ``synthetic_def(task).root``, cases
+    ``BraTS-{TAG}-PPPPP-TTT`` with ``-{t1n,t1c,t2w,t2f,seg}.nii.gz`` files and the task's label values (see the
+    module docstring).  Int16 images, uint8 labels, 1 mm spacing, ``shape`` in NIfTI (X, Y, Z) order.
+    ``difficulty`` is ``"realistic"`` (default) or ``"easy"`` (the original cartoon phantoms).
+    Deterministic: case i depends only on (seed, i, difficulty, task) and the bytes are identical between
     runs.  Idempotent: a folder already holding the same configuration (``synthetic_manifest.json``,
-    which records the difficulty) is left as is; a different one is
+    which records the difficulty and, but for the default, the task) is left as is; a different one is
     replaced.  Generation happens in a temporary folder renamed into place under a file lock, so
     concurrent callers are safe.
     """
@@ -501,8 +682,10 @@ def generate_synthetic_dataset(data_path: str | Path, n_cases: int = 20, seed: i
         raise ValueError(f"shape must be 3 sizes (X, Y, Z), each >= 16, got {shape}")
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
-    root = dataset_root(data_path, "synthetic")
-    manifest = _manifest(n_cases, seed, shape, difficulty)
+    definition = synthetic_def(task)  # raises for an unknown task
+    layout = definition.layout
+    root = dataset_root(data_path, definition)
+    manifest = _manifest(n_cases, seed, shape, difficulty, task)
     if _is_complete(root, manifest):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -512,13 +695,13 @@ def generate_synthetic_dataset(data_path: str | Path, n_cases: int = 20, seed: i
         tmp = root.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             for index in range(n_cases):
-                case_id = f"BraTS2021_{index:05d}"
-                folder = tmp / case_id
+                name = case_id(index, task)
+                folder = tmp / name
                 folder.mkdir(parents=True)
-                images, seg = synthesize_case(seed, index, shape, difficulty)
+                images, seg = synthesize_case(seed, index, shape, difficulty, task)
                 for modality, volume in zip(MODALITIES, images):
-                    _write_nifti(volume, folder / f"{case_id}_{modality}.nii.gz")
-                _write_nifti(seg, folder / f"{case_id}_seg.nii.gz")
+                    _write_nifti(volume, folder / layout.file_name(name, layout.suffix(modality)))
+                _write_nifti(seg, folder / layout.file_name(name, layout.seg_suffix))
             (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
             if root.exists():
                 shutil.rmtree(root)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from brats_data.cases import DATASET_VERSIONS
+from brats_data.definitions import DATASET_VERSIONS, SYNTHETIC_TASKS, DatasetDef, dataset_def
 from models import list_models, model_spec
 from utils.io import read_json
 
@@ -62,8 +62,12 @@ class ExperimentConfig:
     # data
     data_path: str = option(DEFAULT_DATA_PATH, "common dataset root (env BRATS_DATA_PATH, else ./data)", group="data",
                             shown="$BRATS_DATA_PATH or ./data")
-    dataset_version: str = option("brats2018", "dataset layout under --data_path; 'synthetic' generates a "
-                                  "BraTS-like dataset once", group="data", choices=DATASET_VERSIONS)
+    dataset_version: str = option("brats2018", "the data set (its record in brats_data/definitions.py: layout under "
+                                  "--data_path, labels, regions; README 'Data'); 'synthetic' generates a BraTS-like "
+                                  "data set once", group="data", choices=DATASET_VERSIONS)
+    synthetic_task: str = option("brats2021", "the task whose file names, labels and regions the synthetic data "
+                                 "imitate (brats2024: a resection cavity; brats_ped: a cystic component)",
+                                 group="data", choices=SYNTHETIC_TASKS)
     synthetic_cases: int = option(20, "number of synthetic cases", group="data")
     synthetic_difficulty: str = option("realistic", "synthetic phantoms: 'easy' (fast cartoon phantoms) or "
                                        "'realistic' (textures, noise, varied and multi-focal tumours)",
@@ -140,12 +144,13 @@ class ExperimentConfig:
     gradcam: bool = option(False, "Grad-CAM slice overlays of the first test case per model (MONAI)")
     # configuration only (no flag)
     weight_decay: float = 1e-5
+    dataset: dict[str, Any] | None = None  # the data set's record (DatasetDef.to_dict()), filled when a run opens
 
     def __post_init__(self) -> None:
         if self.dim not in ("2d", "3d"):
             raise ValueError(f"--dim must be 2d or 3d, got {self.dim!r}")
         choices = {"dataset_version": DATASET_VERSIONS, "loss": LOSSES, "amp": AMP_MODES,
-                   "sharing_strategy": ("file_descriptor", "file_system")}
+                   "sharing_strategy": ("file_descriptor", "file_system"), "synthetic_task": SYNTHETIC_TASKS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -184,7 +189,23 @@ class ExperimentConfig:
         return self.patches_per_case or (1 if self.dim == "3d" else 8)
 
     def resolved_cache_dir(self) -> Path:
-        return Path(self.cache_dir) if self.cache_dir else Path(self.data_path) / "preprocessed" / self.dataset_version
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        name = self.dataset_version
+        if name == "synthetic" and self.synthetic_task != "brats2021":
+            name = f"synthetic_{self.synthetic_task}"
+        return Path(self.data_path) / "preprocessed" / name
+
+    def dataset_def(self) -> DatasetDef:
+        """The data set's record: the one the run was made with (``dataset``, saved in config.json), else resolved
+        from ``--dataset_version`` (MSD/nnU-Net: their dataset.json under ``--data_path``) and kept in ``dataset``."""
+        if self.dataset is None:
+            self.dataset = dataset_def(self.dataset_version, self.data_path, self.synthetic_task).to_dict()
+        cached = self.__dict__.get("_dataset_def")
+        if cached is None or cached[0] is not self.dataset:
+            cached = (self.dataset, DatasetDef.from_dict(self.dataset))
+            self.__dict__["_dataset_def"] = cached
+        return cached[1]
 
     def resolved_amp(self, device: torch.device) -> str:
         if device.type != "cuda":

@@ -14,12 +14,11 @@ from typing import Any
 from torch.utils.data import DataLoader, DistributedSampler
 
 import brats_data
-from brats_data.splits import patient_id, read_patient_map, stratified_subset
+from brats_data.splits import read_patient_map, stratified_subset
 from experiment.config import ExperimentConfig
 from utils import distributed as du
 from utils.errors import first_line
 from utils.io import read_json, write_json
-from utils.labels import REGIONS
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +32,15 @@ STALE_SECONDS = 300.0  # tolerance for clocks of nodes and a shared file system 
 
 
 def case_grade(case: Any) -> str | None:
-    """``HGG``/``LGG`` for BraTS 2018 (the folder holding the case), else None."""
+    """The grade of a case where its data set has grade folders (BraTS 2018: ``HGG``/``LGG``), else None."""
     group = Path(case.label_path).parent.parent.name
-    return group if case.layout == "brats2018" and group in ("HGG", "LGG") else None
+    return group if case.dataset.grade_groups and group in ("HGG", "LGG") else None
 
 
 def _discover(cfg: ExperimentConfig) -> list[Any]:
     """The run's cases: all of the dataset, or with ``--max_samples N`` a seeded (seed 0), grade-stratified
     subset of whole patients, the same for every seed of the run and every later command."""
-    cases = brats_data.discover_cases(Path(cfg.data_path), cfg.dataset_version)
+    cases = brats_data.discover_cases(Path(cfg.data_path), cfg.dataset_def())
     if cfg.max_samples is None or cfg.max_samples >= len(cases):
         return cases
     by_id = {c.case_id: c for c in cases}
@@ -63,9 +62,11 @@ def _status_file(cfg: ExperimentConfig) -> Path:
 def build_cache(cfg: ExperimentConfig, progress: bool = True) -> tuple[Any, list[dict[str, str]]]:
     """Generate the synthetic data if asked, discover the cases and build the cache (rank 0's work)."""
     if cfg.dataset_version == "synthetic":
-        shape = {"shape": tuple(cfg.synthetic_shape)} if cfg.synthetic_shape else {}
+        options = {"shape": tuple(cfg.synthetic_shape)} if cfg.synthetic_shape else {}
+        if cfg.synthetic_task != "brats2021":
+            options["task"] = cfg.synthetic_task
         brats_data.generate_synthetic_dataset(Path(cfg.data_path), n_cases=cfg.synthetic_cases, seed=0,
-                                      difficulty=cfg.synthetic_difficulty, **shape)
+                                              difficulty=cfg.synthetic_difficulty, **options)
     cache = _open_cache(cfg)
     errors = cache.build(num_workers=cfg.resolved_preprocess_workers(), progress=progress,
                          skip_bad_cases=cfg.skip_bad_cases)
@@ -129,15 +130,18 @@ def open_prepared_cache(cfg: ExperimentConfig, progress: bool = True) -> Any:
 
 
 def _patient_groups(cfg: ExperimentConfig, case_ids: Iterable[str]) -> dict[str, str]:
-    ids = list(case_ids)
-    return read_patient_map(cfg.patient_map, ids) if cfg.patient_map else {cid: patient_id(cid) for cid in ids}
+    ids, definition = list(case_ids), cfg.dataset_def()
+    if cfg.patient_map:
+        return read_patient_map(cfg.patient_map, ids)
+    return {cid: definition.patient_of(cid) for cid in ids}
 
 
 def case_strata(cache: Any) -> dict[str, str]:
-    """Stratum of each cached case: grade where the layout has one, and whether it has enhancing tumour."""
+    """Stratum of each cached case: grade where the data set has one, and whether it has enhancing tumour."""
     out = {}
     for cid in cache.case_ids:
-        et = "ET" if cache.class_voxels(cid)[REGIONS["et"][0]] > 0 else "no-ET"
+        et_classes = cache.cases[cid].dataset.scheme.region_classes["et"]
+        et = "ET" if sum(cache.class_voxels(cid)[c] for c in et_classes) > 0 else "no-ET"
         grade = case_grade(cache.cases[cid])
         out[cid] = f"{grade}/{et}" if grade else et
     return out

@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 
 from experiment.predictor import InferenceSettings, Predictor
 from metrics import (
-    REGION_METRIC_KEYS,
     brats_region_metrics,
     confusion_matrix,
     dice_from_counts,
@@ -28,7 +27,7 @@ from metrics import (
     region_dice_counts,
 )
 from utils import distributed as du
-from utils.labels import NUM_CLASSES, REGIONS
+from utils.labels import CLASSIC, LabelScheme
 
 T = TypeVar("T")
 
@@ -67,11 +66,12 @@ class EvaluationResult:
     confusion: np.ndarray
     modality_weights: dict[str, list[float]] = field(default_factory=dict)  # modality -> per-case means
     first_prediction: tuple[str, np.ndarray] | None = None  # (case id, label map) of the first case, rank 0
+    scheme: LabelScheme = CLASSIC
 
     def summary(self) -> dict[str, float]:
         df = pd.DataFrame(self.per_case)
-        out = {f"test_{k}": float(df[k].mean()) for k in REGION_METRIC_KEYS}
-        out["test_dice_mean"] = float(mean_region_dice(df).mean())
+        out = {f"test_{k}": float(df[k].mean()) for k in self.scheme.metric_keys}
+        out["test_dice_mean"] = float(mean_region_dice(df, scheme=self.scheme).mean())
         pr = precision_recall_from_confusion(self.confusion)
         out.update({f"test_{k}": v for k, v in pr.items()})
         out["n_test_cases"] = len(df)
@@ -100,22 +100,23 @@ def _predict_with_weights(model: nn.Module, image: np.ndarray, predict: Callable
 
 
 def evaluate_model(predictor: Predictor, cache: Any, case_ids: Sequence[str], *, nsd_tolerance: float = 1.0,
-                   keep_first_prediction: bool = False, progress: bool = True, desc: str = "test") -> EvaluationResult:
-    """Per-case BraTS metrics of ``predictor`` over ``case_ids``: region Dice, HD95 and NSD (at
-    ``nsd_tolerance`` mm) at the case's spacing, and per-class Dice (``metrics.REGION_METRIC_KEYS``).
+                   scheme: LabelScheme = CLASSIC, keep_first_prediction: bool = False, progress: bool = True,
+                   desc: str = "test") -> EvaluationResult:
+    """Per-case metrics of ``predictor`` over ``case_ids``: Dice, HD95 and NSD (at ``nsd_tolerance`` mm) of every
+    region of ``scheme`` at the case's spacing, and per-class Dice (``scheme.metric_keys``).
 
     Every rank returns the same, complete result (per-case rows sorted by case id). The modality weights
     of a gated model are averaged over every forward of a case.
     """
-    case_ids = list(case_ids)
+    case_ids, k = list(case_ids), scheme.num_classes
 
     def one_case(case_id: str) -> tuple[dict[str, Any], np.ndarray, dict[str, float], np.ndarray | None]:
         label = np.asarray(cache.label(case_id))
         pred, weights = _predict_with_weights(predictor.model, cache.image(case_id), predictor.labels)
         row = {"case_id": case_id, **brats_region_metrics(pred, label, spacing=cache.spacing(case_id),
-                                                          nsd_tolerance=nsd_tolerance)}
+                                                          nsd_tolerance=nsd_tolerance, scheme=scheme)}
         keep = keep_first_prediction and case_id == case_ids[0]
-        return row, confusion_matrix(pred, label, num_classes=NUM_CLASSES), weights, pred if keep else None
+        return row, confusion_matrix(pred, label, num_classes=k), weights, pred if keep else None
 
     results = shard_and_gather(case_ids, one_case, progress=progress, desc=desc)
     order = sorted(range(len(results)), key=lambda i: results[i][0]["case_id"])
@@ -124,31 +125,37 @@ def evaluate_model(predictor: Predictor, cache: Any, case_ids: Sequence[str], *,
         for modality, w in results[i][2].items():
             by_modality.setdefault(modality, []).append(w)
     first = next(((case_ids[0], r[3]) for r in results if r[3] is not None), None)
-    cm = sum((r[1] for r in results), np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64))
-    return EvaluationResult([results[i][0] for i in order], cm, by_modality, first)
+    cm = sum((r[1] for r in results), np.zeros((k, k), dtype=np.int64))
+    return EvaluationResult([results[i][0] for i in order], cm, by_modality, first, scheme)
 
 
-def validation_dice(predictor: Predictor, cache: Any, case_ids: Sequence[str]) -> dict[str, float]:
-    """Mean over validation cases of the per-case region Dice (whole volumes, the run's prediction)."""
+def validation_dice(predictor: Predictor, cache: Any, case_ids: Sequence[str], scheme: LabelScheme = CLASSIC
+                    ) -> dict[str, float]:
+    """Mean over validation cases of the per-case Dice of every region (whole volumes, the run's prediction),
+    and ``val_dice_mean``, the mean over the scheme's selection regions (model selection)."""
 
     def one_case(case_id: str) -> list[float]:
         pred = predictor.labels(cache.image(case_id))
         label = torch.from_numpy(np.asarray(cache.label(case_id)).astype(np.int64))
-        counts = region_dice_counts(torch.from_numpy(pred.astype(np.int64))[None], label[None], reduce_batch=False)
+        counts = region_dice_counts(torch.from_numpy(pred.astype(np.int64))[None], label[None], reduce_batch=False,
+                                    scheme=scheme)
         return dice_from_counts(counts)[0].double().tolist()
 
     per_case = shard_and_gather(case_ids, one_case)
-    means = (np.sum(per_case, axis=0, dtype=np.float64) / len(per_case)).tolist() if per_case else [0.0] * 3
-    out = {f"val_dice_{region}": value for region, value in zip(REGIONS, means)}
-    return {**out, "val_dice_mean": mean_region_dice(out, prefix="val_dice_")}
+    regions = list(scheme.region_classes)
+    means = (np.sum(per_case, axis=0, dtype=np.float64) / len(per_case)).tolist() if per_case else [0.0] * len(regions)
+    out = {f"val_dice_{region}": value for region, value in zip(regions, means)}
+    return {**out, "val_dice_mean": mean_region_dice(out, prefix="val_dice_", scheme=scheme)}
 
 
 def evaluate_checkpoint(checkpoint: Mapping[str, Any], cfg: Any, cache: Any, case_ids: Sequence[str],
                         device: torch.device, *, keep_first_prediction: bool = False,
                         desc: str | None = None) -> EvaluationResult:
     """Score the network of ``checkpoint`` (``model_name`` + ``state_dict``) on ``case_ids`` with the run's
-    prediction settings (``cfg``: ExperimentConfig)."""
-    predictor = Predictor.from_checkpoints([checkpoint], InferenceSettings.from_config(cfg, device))
-    return evaluate_model(predictor, cache, case_ids, nsd_tolerance=cfg.nsd_tolerance,
+    prediction settings and data set (``cfg``: ExperimentConfig)."""
+    scheme = cfg.dataset_def().scheme
+    predictor = Predictor.from_checkpoints([checkpoint], InferenceSettings.from_config(cfg, device),
+                                           num_classes=scheme.num_classes)
+    return evaluate_model(predictor, cache, case_ids, nsd_tolerance=cfg.nsd_tolerance, scheme=scheme,
                           keep_first_prediction=keep_first_prediction,
                           desc=desc or f"test {checkpoint['model_name']}")

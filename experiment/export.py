@@ -5,9 +5,10 @@
   run's preprocessing (:func:`brats_data.preprocess_case`: the cache's normalisation and brain crop), the
   run's :class:`~experiment.predictor.Predictor` over the chosen best checkpoints (the softmax averaged
   over them and, with ``tta``, over every mirrored input), the crop put back into the original grid, and
-  the labels of the case's layout (ET = 4 for BraTS 2018/2021, 3 for 2023; an MSD or nnU-Net dataset
-  folder's own label values, from its dataset.json), written with the grid, affine and header of the
-  case's T1 file (MSD: its 4D image, spatial axes only), as uint8.
+  the label values of the data set (:func:`written_as`: ET = 4 for BraTS 2018/2021 names, 3 for 2023 names;
+  an MSD or nnU-Net dataset folder's own values, from its dataset.json; PED's ET = 1, GLI post-treatment's
+  RC = 4 ...), written with the grid, affine and header of the case's T1 file (MSD: its 4D image, spatial
+  axes only), as uint8.
 - :func:`export_run_predictions`: the test cases of every best checkpoint of a run, from the run's cache
   and with the run's settings, as ``RUN/predictions/{unit}/{case_id}.nii.gz``, and their ground truth,
   copied from the source files, as ``RUN/predictions/references/{case_id}.nii.gz``.
@@ -30,8 +31,8 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from brats_data import find_input_cases, preprocess_case, unmap_labels
-from brats_data.cases import VERSION_ROOTS
+from brats_data import CaseRecord, find_input_cases, preprocess_case, unmap_labels
+from brats_data.definitions import DatasetDef
 from experiment.data import open_prepared_cache
 from experiment.predictor import InferenceSettings, Predictor
 from experiment.run_folder import RunFolder
@@ -70,11 +71,11 @@ def write_segmentation(labels: np.ndarray, like: str | Path, path: str | Path) -
         nib.save(image, str(tmp))
 
 
-def write_probabilities(probs: np.ndarray, layout: str, path: str | Path) -> None:
+def write_probabilities(probs: np.ndarray, dataset: DatasetDef | str, path: str | Path) -> None:
     """Class probabilities (K, Z, Y, X) as ``.npz``: ``probabilities`` float16 (K, X, Y, Z), the array order of
-    the NIfTI files, and ``labels``, the BraTS label of each channel in the layout's convention."""
+    the NIfTI files, and ``labels``, the label value of each channel in the data set's convention."""
     payload = {"probabilities": np.ascontiguousarray(probs.transpose(0, 3, 2, 1)).astype(np.float16),
-               "labels": unmap_labels(np.arange(probs.shape[0]), layout)}
+               "labels": unmap_labels(np.arange(probs.shape[0]), dataset)}
     with atomic_output(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **payload)
 
@@ -90,6 +91,13 @@ def copy_reference(source: str | Path, path: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------- predict.py
+def written_as(case: CaseRecord, dataset: DatasetDef) -> DatasetDef:
+    """Whose label values a prediction of ``case`` is written in: the case's own data set where its classes mean
+    the run's (a BraTS 2021 run predicting BraTS 2023 files writes ET as 3; an MSD folder gets MSD's values),
+    else the run's data set (a PED run writes PED's values, ET = 1)."""
+    return case.dataset if case.dataset.scheme.compatible(dataset.scheme) else dataset
+
+
 @dataclass
 class PredictionSummary:
     output: Path
@@ -128,7 +136,8 @@ def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str |
         raise ValueError(str(exc)) from None
     settings = InferenceSettings.from_config(cfg, torch_device, overlap=overlap, sw_batch_size=sw_batch_size,
                                              mirror=tta)
-    cases = find_input_cases(input_dir, prefer=VERSION_ROOTS[cfg.dataset_version][1])
+    dataset = cfg.dataset_def()
+    cases = find_input_cases(input_dir, prefer=dataset)
     paths = run.select_checkpoints(models, seeds, folds)
     predictor = Predictor.from_checkpoints([load_checkpoint(p, BEST_KEYS) for p in paths], settings,
                                            [p.name for p in paths])
@@ -137,11 +146,12 @@ def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str |
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         image, box, shape = preprocess_case(case)
         labels, probs = predictor.predict(image, probabilities=save_probabilities)
-        write_segmentation(unmap_labels(uncrop(labels, box, shape), case.layout), case.image_paths[MODALITIES[0]],
+        writer = written_as(case, dataset)
+        write_segmentation(writer.unmap_labels(uncrop(labels, box, shape)), case.image_paths[MODALITIES[0]],
                            out / f"{case.case_id}.nii.gz")
         if probs is not None:
             background = np.eye(len(probs), 1, dtype=np.float32)[:, 0]  # outside the crop: background, certain
-            write_probabilities(uncrop(probs, box, shape, background), case.layout, out / f"{case.case_id}.npz")
+            write_probabilities(uncrop(probs, box, shape, background), writer, out / f"{case.case_id}.npz")
     return PredictionSummary(out, len(cases), [p.name for p in paths], time.perf_counter() - start, tta)
 
 
@@ -153,15 +163,15 @@ def export_run_predictions(run_dir: str | Path, data_path: str | None = None, ca
     ``RUN/predictions/references/{case_id}.nii.gz``; returns ``RUN/predictions``."""
     run, cfg = RunFolder.open(run_dir, data_path=data_path, cache_dir=cache_dir)
     settings = InferenceSettings.from_config(cfg, resolve_device(device))
-    cache = open_prepared_cache(cfg, progress=progress)
+    cache, dataset = open_prepared_cache(cfg, progress=progress), cfg.dataset_def()
     for unit in run.test_units():
         name = run.unit(unit.key)
-        predictor = Predictor.from_checkpoints([unit.checkpoint], settings, [name])
+        predictor = Predictor.from_checkpoints([unit.checkpoint], settings, [name], dataset.num_classes)
         for case_id in tqdm(unit.test_ids, desc=f"export {name}", unit="case", disable=not progress):
             meta = cache.meta(case_id)
             labels = predictor.labels(cache.image(case_id))
             box = tuple(slice(a, b) for a, b in meta["bbox"])
-            write_segmentation(unmap_labels(uncrop(labels, box, meta["original_shape"]), meta["layout"]),
+            write_segmentation(dataset.unmap_labels(uncrop(labels, box, meta["original_shape"])),
                                meta["source_files"][MODALITIES[0]], run.prediction_dir(unit.key) / f"{case_id}.nii.gz")
             copy_reference(meta["source_files"]["seg"], run.reference_dir() / f"{case_id}.nii.gz")
     return run.reference_dir().parent

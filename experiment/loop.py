@@ -34,7 +34,7 @@ from experiment.efficiency import count_parameters, measure_efficiency
 from experiment.evaluation import EvaluationResult, evaluate_checkpoint
 from experiment.run_folder import EFFICIENCY_KEYS, LOG_FILE, RESULTS_CSV, RunFolder, UnitKey
 from experiment.training import STOP, Interrupted, TrainResult, train_model, trainer_class
-from models import get_model
+from models import get_model, model_spec
 from utils import distributed as du
 from utils.checkpoint import load_checkpoint
 from utils.errors import first_line
@@ -157,8 +157,14 @@ def add_log_file(path: Path) -> None:
 def preflight(cfg: ExperimentConfig) -> None:
     """Fail before any work on what the registry or the disk can already tell."""
     trainer_class(cfg.trainer)  # an unknown trainer or an import path that does not import
+    dataset = cfg.dataset_def()  # MSD/nnU-Net: their dataset.json must map
     for name in cfg.model_names:
-        get_model(name, cfg.dim, cfg.spatial_patch)  # the registry checks the name, the dim and the patch size
+        # the registry checks the name, the dim and the patch size
+        get_model(name, cfg.dim, cfg.spatial_patch, dataset.num_classes)
+        missing = [m for m in model_spec(name).modalities if m not in dataset.modalities]
+        if missing:
+            raise ValueError(f"model '{name}' needs the modalities {', '.join(missing)}, which dataset "
+                             f"{dataset.name} lacks (it has {', '.join(dataset.modalities)})")
         weights = Path(cfg.pretrained_dir) / f"{name}.pth"
         if cfg.use_pretrained and not weights.is_file():
             raise FileNotFoundError(f"--use_pretrained: no weights for '{name}' at {weights} "
@@ -198,7 +204,7 @@ def open_run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[Run
     path = cfg.resume if resuming else None
     if ctx.is_main and path is None:
         path = RunFolder.create(cfg.results_dir).path
-    run = RunFolder(du.broadcast_object(str(path) if path else None), cfg.use_5fold)
+    run = RunFolder(du.broadcast_object(str(path) if path else None), cfg.use_5fold, cfg.dataset_def().scheme)
     if ctx.is_main:
         add_log_file(run / LOG_FILE)
         log.info("run folder: %s", run.path)
@@ -229,7 +235,8 @@ def _efficiency_on_main(state: RunState, name: str) -> tuple[dict, str]:
             values, stages, notes = measure_efficiency(name, cfg, ctx.device)
             state.run.write_stage_pam(name, stages)
         else:
-            values = {"params": count_parameters(get_model(name, cfg.dim, cfg.spatial_patch))}
+            model = get_model(name, cfg.dim, cfg.spatial_patch, cfg.dataset_def().num_classes)
+            values = {"params": count_parameters(model)}
             notes = "efficiency measurement disabled"
     du.barrier()
     state.efficiency[name] = (values, notes)
@@ -283,7 +290,8 @@ def run_unit(state: RunState, key: UnitKey, split: dict[str, list[str]]) -> bool
     try:
         result = train_model(key.model, cfg, state.cache, split, key.seed, key.fold, run, ctx,
                              on_epoch_end=on_epoch_end, on_progress=on_progress if state.callbacks else None)
-        evaluation = evaluate_checkpoint({"model_name": key.model, "state_dict": result.best_state}, cfg,
+        evaluation = evaluate_checkpoint({"model_name": key.model, "state_dict": result.best_state,
+                                          "num_classes": cfg.dataset_def().num_classes}, cfg,
                                          state.cache, split["test"], ctx.device, keep_first_prediction=True)
         efficiency = _efficiency_on_main(state, key.model)
     except Interrupted:

@@ -4,7 +4,10 @@ The official package (PyPI ``brats-evaluation``, import name ``brats_evaluation`
 ``numpy<2.3`` and ``plotly<6``, so it runs in an environment of its own (``.venv-brats-eval``), driven by a
 short script in a subprocess: it scores each unit's exported folder (``predictions/{unit}/``, from
 ``experiment/export.py``) against ``predictions/references/`` and the per-case rows go to
-``RUN/official_brats_metrics.csv``.
+``RUN/official_brats_metrics.csv``. The configuration is the data set's (its record in
+``brats_data/definitions.py``): the task's own (``gli``, ``mets``, ``MenPre``, ``ped``), the GLI one with ET = 4
+for BraTS 2018/2021 data, and for MSD/nnU-Net data the GLI one after both files are relabelled to BraTS 2023
+values (in a temporary folder; the exported files keep the data set's own values).
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from brats_data import unmap_labels
-from brats_data.cases import LAYOUTS, VERSION_ROOTS
+from brats_data.definitions import DatasetDef
 from experiment.run_folder import OFFICIAL_METRICS_CSV, RunFolder
 from utils.io import write_csv
 
@@ -28,7 +31,6 @@ PANOPTICA_VERSION = "2.1.7"
 BRATS_EVAL_INSTALL = (f"python3 -m venv .venv-brats-eval && .venv-brats-eval/bin/pip install "
                       f"brats-evaluation=={BRATS_EVAL_VERSION} panoptica=={PANOPTICA_VERSION}")
 DEFAULT_BRATS_EVAL_PYTHON = PROJECT_ROOT / ".venv-brats-eval" / "bin" / "python"
-ET4_CONFIG = PROJECT_ROOT / "configs" / "brats_evaluation_gli_et4.yaml"  # the GLI config with ET = 4
 
 
 class OfficialEvaluationError(RuntimeError):
@@ -59,13 +61,24 @@ for unit, cases in job["units"].items():
 """
 
 
-def official_config(layout: str) -> str:
-    """The evaluation configuration for a layout's labels: the package's GLI config when ET is 3 (BraTS
-    2023), else the project's copy of it with ET = 4 (``configs/brats_evaluation_gli_et4.yaml``)."""
-    if layout not in LAYOUTS:
-        raise OfficialEvaluationError(f"the official BraTS evaluation needs BraTS labels (1 NCR, 2 ED, 3/4 ET); "
-                                      f"layout {layout!r} (an MSD or nnU-Net dataset) has its own numbering")
-    return "gli" if int(unmap_labels(np.array([3]), layout)[0]) == 3 else str(ET4_CONFIG)
+def official_config(dataset: DatasetDef) -> tuple[str, tuple[int, ...] | None]:
+    """The package configuration of a data set's record (``gli``, ``mets``, ``MenPre``, ``ped``; ET = 4 data:
+    ``configs/brats_evaluation_gli_et4.yaml``, the GLI config with ET = 4) and the relabelling its files need
+    first (MSD/nnU-Net: their own values -> BraTS 2023's 1 NCR/NET, 2 ED, 3 ET), or None."""
+    try:
+        return dataset.official()
+    except ValueError as exc:
+        raise OfficialEvaluationError(str(exc)) from None
+
+
+def _relabel(source: Path, dataset: DatasetDef, values: tuple[int, ...], path: Path) -> str:
+    """``source`` (a segmentation in the data set's values) written to ``path`` in the official ``values``."""
+    image = nib.load(str(source))
+    classes = dataset.map_labels(np.asanyarray(image.dataobj))
+    out = type(image)(dataset.unmap_labels(classes, values), image.affine, image.header)
+    out.set_data_dtype(np.uint8)
+    nib.save(out, str(path))
+    return str(path.resolve())
 
 
 def run_official_evaluation(run_dir: str | Path, brats_eval_python: str | Path | None = None,
@@ -78,6 +91,8 @@ def run_official_evaluation(run_dir: str | Path, brats_eval_python: str | Path |
         raise OfficialEvaluationError(f"the official BraTS evaluation environment is missing ({python}); "
                                       f"create it with: {BRATS_EVAL_INSTALL}")
     run, cfg = RunFolder.open(run_dir)
+    dataset = cfg.dataset_def()
+    config, relabel = official_config(dataset)
     units = {run.unit(key): key for key in run.exported_units()}
     if not units:
         raise FileNotFoundError(f"no exported predictions in {run.reference_dir().parent}; run with "
@@ -91,7 +106,14 @@ def run_official_evaluation(run_dir: str | Path, brats_eval_python: str | Path |
                 raise FileNotFoundError(f"no reference for {pred}: {ref} is missing (run --export_predictions)")
             jobs[name].append([case_id, str(pred.resolve()), str(ref.resolve())])
     with tempfile.TemporaryDirectory(prefix="brats-eval-") as tmp:
-        job = {"config": official_config(VERSION_ROOTS[cfg.dataset_version][1]), "units": jobs, "out": tmp}
+        if relabel is not None:  # files in the data set's own numbering: the official config's numbering first
+            for name, cases in jobs.items():
+                folder = Path(tmp) / "relabelled" / name
+                folder.mkdir(parents=True)
+                for case in cases:
+                    case[1] = _relabel(Path(case[1]), dataset, relabel, folder / f"{case[0]}.nii.gz")
+                    case[2] = _relabel(Path(case[2]), dataset, relabel, folder / f"ref_{case[0]}.nii.gz")
+        job = {"config": config, "units": jobs, "out": tmp}
         (Path(tmp) / "job.json").write_text(json.dumps(job))
         done = subprocess.run([str(python), "-c", _DRIVER, str(Path(tmp) / "job.json")], capture_output=True,
                               text=True, timeout=timeout)

@@ -37,6 +37,7 @@ from monai.inferers import sliding_window_inference
 from brats_data import modality_indices
 from models import get_model, model_spec
 from utils.checkpoint import unwrap_model
+from utils.labels import NUM_CLASSES
 from utils.runtime import autocast_context
 
 SLICES_PER_FORWARD = 32  # 2D: axial slices handed to the sliding window at once
@@ -129,10 +130,20 @@ class InferenceSettings:
         return replace(self, **changes)
 
 
-def model_from_checkpoint(checkpoint: Mapping[str, Any], dim: str, patch: Sequence[int]) -> nn.Module:
-    """The network of a checkpoint (``model_name`` + ``state_dict``), built by the registry for ``dim`` and
-    ``patch`` and loaded: the one place the suite builds a model from saved weights."""
-    model = get_model(checkpoint["model_name"], dim, patch)
+def checkpoint_classes(checkpoint: Mapping[str, Any]) -> int:
+    """The output channels of a checkpoint's network: its ``num_classes``, else its data set's, else BraTS's 4."""
+    if "num_classes" in checkpoint:
+        return int(checkpoint["num_classes"])
+    dataset = checkpoint.get("dataset") or (checkpoint.get("config") or {}).get("dataset")
+    return 1 + len(dataset["scheme"]["classes"]) if dataset else NUM_CLASSES
+
+
+def model_from_checkpoint(checkpoint: Mapping[str, Any], dim: str, patch: Sequence[int],
+                          num_classes: int | None = None) -> nn.Module:
+    """The network of a checkpoint (``model_name`` + ``state_dict``), built by the registry for ``dim``, ``patch``
+    and ``num_classes`` (default :func:`checkpoint_classes`) and loaded: the one place the suite builds a model
+    from saved weights."""
+    model = get_model(checkpoint["model_name"], dim, patch, num_classes or checkpoint_classes(checkpoint))
     model.load_state_dict(checkpoint["state_dict"])
     return model
 
@@ -177,12 +188,13 @@ class Predictor:
 
     @classmethod
     def from_checkpoints(cls, checkpoints: Sequence[Mapping[str, Any]], settings: InferenceSettings,
-                         names: Sequence[str] | None = None) -> Predictor:
+                         names: Sequence[str] | None = None, num_classes: int | None = None) -> Predictor:
         """An ensemble of checkpoints (each ``model_name`` + ``state_dict``; one checkpoint is a plain
         predictor), every network in eval mode on the settings' device; each weighs the same."""
         members = []
         for i, ckpt in enumerate(checkpoints):
-            model = model_from_checkpoint(ckpt, settings.dim, settings.patch).to(settings.device).eval()
+            model = model_from_checkpoint(ckpt, settings.dim, settings.patch, num_classes)
+            model = model.to(settings.device).eval()
             name = names[i] if names else ckpt["model_name"]
             members.append(_member(model, model_spec(ckpt["model_name"]).modalities, settings, name))
         return cls(members, settings)

@@ -23,9 +23,9 @@ import pandas as pd
 
 from experiment import statistics as st
 from experiment.config import CONFIG_JSON, ExperimentConfig, load_run_config
-from metrics import CLASS_DICE_KEYS, NSD_KEYS, REGION_METRIC_KEYS
 from utils.checkpoint import BEST_KEYS, CheckpointError, load_checkpoint
 from utils.io import append_rows, read_csv, read_json, replace_rows, write_csv, write_json
+from utils.labels import CLASSIC, LabelScheme
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +52,48 @@ LOG_FILE = "run.log"
 LAST_DIR = "last"
 
 # ----------------------------------------------------------------------------- columns
+# The metric columns follow the data set's label scheme (utils/labels.py): Dice/HD95/NSD of every region,
+# Dice of every class that is not a region. The constants are those of BraTS 2018-2023 (CLASSIC); a run
+# folder of another data set has the columns of its scheme (RunFolder.scheme), dice_wt/tc/et included.
 UNIT_COLUMNS = ["model", "seed", "fold"]
-TEST_METRIC_COLUMNS = [f"test_{k}" for k in REGION_METRIC_KEYS] + ["test_dice_mean"]
 EFFICIENCY_KEYS = ["params", "flops", "pam_train_mb", "pam_train_mb_std", "pam_inference_mb",
                    "pam_inference_mb_std", "latency_ms", "latency_ms_std"]
-RESULT_COLUMNS = UNIT_COLUMNS + [
-    "test_dice_wt", "test_dice_tc", "test_dice_et", "test_dice_mean",
-    "test_hd95_wt", "test_hd95_tc", "test_hd95_et",
-    *[f"test_{k}" for k in NSD_KEYS + CLASS_DICE_KEYS],
-    *EFFICIENCY_KEYS, "best_epoch", "best_val_dice",
-]
-VAL_DICE_KEYS = ["val_dice_wt", "val_dice_tc", "val_dice_et", "val_dice_mean"]
-EPOCH_COLUMNS = UNIT_COLUMNS + ["epoch", "train_loss", *VAL_DICE_KEYS, "lr", "epoch_time_s"]
-PER_CASE_COLUMNS = UNIT_COLUMNS + ["case_id", *REGION_METRIC_KEYS]
+
+
+def test_metric_columns(scheme: LabelScheme = CLASSIC) -> list[str]:
+    """The test columns of a unit: ``test_`` + every per-case metric of the scheme, then ``test_dice_mean``."""
+    return [f"test_{k}" for k in scheme.metric_keys] + ["test_dice_mean"]
+
+
+def result_columns(scheme: LabelScheme = CLASSIC) -> list[str]:
+    """``integrated_experiment.py``'s required columns: the unit, Dice of every region and their mean, HD95 and
+    NSD of every region, class Dice, efficiency, best epoch."""
+    regions = [r.key for r in scheme.regions]
+    return UNIT_COLUMNS + [
+        *[f"test_dice_{r}" for r in regions], "test_dice_mean", *[f"test_hd95_{r}" for r in regions],
+        *[f"test_nsd_{r}" for r in regions], *[f"test_dice_{c}" for c in scheme.class_dice],
+        *EFFICIENCY_KEYS, "best_epoch", "best_val_dice",
+    ]
+
+
+def val_dice_keys(scheme: LabelScheme = CLASSIC) -> list[str]:
+    """Validation Dice of every region, and their selection mean (``val_dice_mean``: model selection)."""
+    return [f"val_dice_{r.key}" for r in scheme.regions] + ["val_dice_mean"]
+
+
+def epoch_columns(scheme: LabelScheme = CLASSIC) -> list[str]:
+    return UNIT_COLUMNS + ["epoch", "train_loss", *val_dice_keys(scheme), "lr", "epoch_time_s"]
+
+
+def per_case_columns(scheme: LabelScheme = CLASSIC) -> list[str]:
+    return UNIT_COLUMNS + ["case_id", *scheme.metric_keys]
+
+
+TEST_METRIC_COLUMNS = test_metric_columns()
+RESULT_COLUMNS = result_columns()
+VAL_DICE_KEYS = val_dice_keys()
+EPOCH_COLUMNS = epoch_columns()
+PER_CASE_COLUMNS = per_case_columns()
 STAGE_PAM_COLUMNS = ["model", "stage", "pam_train_mb", "pam_inference_mb"]
 FAILED_COLUMNS = UNIT_COLUMNS + ["epoch", "reason", "time"]
 SKIPPED_COLUMNS = ["case_id", "path", "reason"]
@@ -168,19 +197,20 @@ class TestUnit:
 class RunFolder:
     """One run folder: its paths, what it holds, and every write to it (call the writers on rank 0)."""
 
-    def __init__(self, path: str | Path, use_5fold: bool = False) -> None:
+    def __init__(self, path: str | Path, use_5fold: bool = False, scheme: LabelScheme = CLASSIC) -> None:
         self.path = Path(path)
         self.use_5fold = use_5fold
+        self.scheme = scheme  # the data set's classes and regions: its metric columns
 
     @classmethod
-    def create(cls, results_dir: str | Path, use_5fold: bool = False) -> RunFolder:
+    def create(cls, results_dir: str | Path, use_5fold: bool = False, scheme: LabelScheme = CLASSIC) -> RunFolder:
         """A new, empty ``integrated_experiment_results_{timestamp}`` folder (``_1``, ``_2`` ... on a clash)."""
         base = Path(results_dir) / f"{RUN_PREFIX}{_dt.datetime.now():%Y%m%d_%H%M%S}"
         path, i = base, 1
         while True:
             try:
                 path.mkdir(parents=True, exist_ok=False)
-                return cls(path, use_5fold)
+                return cls(path, use_5fold, scheme)
             except FileExistsError:
                 path, i = Path(f"{base}_{i}"), i + 1
 
@@ -233,7 +263,7 @@ class RunFolder:
         if not cls.is_run_folder(path):
             raise FileNotFoundError(f"{path} is not a run folder ({CONFIG_JSON} and {SPLITS_JSON} are needed)")
         cfg = load_run_config(path, **runtime)
-        return cls(path, cfg.use_5fold), cfg
+        return cls(path, cfg.use_5fold, cfg.dataset_def().scheme), cfg
 
     def checkpoint_units(self) -> dict[UnitKey, Path]:
         """Every best checkpoint of the run by unit key (names that are not a unit's are ignored)."""
@@ -308,12 +338,12 @@ class RunFolder:
 
     # ------------------------------------------------------------------ a unit's rows
     def append_epoch(self, key: UnitKey, row: Mapping[str, Any]) -> None:
-        append_rows(self.path / EPOCHS_CSV, [{**key.as_dict(), **row}], EPOCH_COLUMNS)
+        append_rows(self.path / EPOCHS_CSV, [{**key.as_dict(), **row}], epoch_columns(self.scheme))
 
     def reset_epoch_rows(self, key: UnitKey, checkpoint_rows: Iterable[Mapping[str, Any]]) -> None:
         """Replace a unit's epoch rows by those its last checkpoint recorded (none lost, none duplicated)."""
         replace_rows(self.path / EPOCHS_CSV, key.as_dict(), [{**key.as_dict(), **r} for r in checkpoint_rows],
-                     EPOCH_COLUMNS)
+                     epoch_columns(self.scheme))
 
     def record_failure(self, key: UnitKey, epoch: int, reason: str) -> None:
         append_rows(self.path / FAILED_CSV, [{**key.as_dict(), "epoch": epoch, "reason": reason, "time": _now()}],
@@ -332,7 +362,7 @@ class RunFolder:
         Rows of a unit re-run on ``--resume`` (it crashed after writing some) replace the old ones.
         """
         k = key.as_dict()
-        replace_rows(self.path / PER_CASE_CSV, k, [{**k, **r} for r in per_case], PER_CASE_COLUMNS)
+        replace_rows(self.path / PER_CASE_CSV, k, [{**k, **r} for r in per_case], per_case_columns(self.scheme))
         if modality_weights:
             replace_rows(self.path / MODALITY_CSV, k, [
                 {**k, "modality": m, "weight_mean": float(np.mean(w)), "weight_std": float(np.std(w))}
@@ -341,7 +371,7 @@ class RunFolder:
         cms = read_json(cm_path) if cm_path.exists() else {}
         cms[self.unit(key)] = np.asarray(confusion).tolist()
         write_json(cm_path, cms)
-        append_rows(self.path / RESULTS_CSV, [{**k, **row}], RESULT_COLUMNS)  # last: marks the unit finished
+        append_rows(self.path / RESULTS_CSV, [{**k, **row}], result_columns(self.scheme))  # last: marks it finished
 
     def remove_last(self, key: UnitKey) -> None:
         self.last_checkpoint(key).unlink(missing_ok=True)
@@ -353,17 +383,17 @@ class RunFolder:
         last = self.path / LAST_DIR
         if last.is_dir() and not any(last.iterdir()):
             last.rmdir()
-        results = read_csv(self.path / RESULTS_CSV, RESULT_COLUMNS)
+        results = read_csv(self.path / RESULTS_CSV, result_columns(self.scheme))
         if results.empty:
             return results
-        per_case = read_csv(self.path / PER_CASE_CSV, PER_CASE_COLUMNS)
+        per_case = read_csv(self.path / PER_CASE_CSV, per_case_columns(self.scheme))
         return write_comparison_files(self.path, results, per_case)
 
     def write_evaluation(self, rows: list[dict[str, Any]], per_case: list[dict[str, Any]]) -> pd.DataFrame:
         """``evaluation_results.csv`` (unit and test columns first) and ``evaluation_per_case_results.csv``."""
         table = pd.DataFrame(rows)
-        first = UNIT_COLUMNS + TEST_METRIC_COLUMNS
+        first = UNIT_COLUMNS + test_metric_columns(self.scheme)
         table = table[first + [c for c in table.columns if c not in first]]
         write_csv(self.path / EVALUATION_CSV, table)
-        write_csv(self.path / EVALUATION_PER_CASE_CSV, pd.DataFrame(per_case, columns=PER_CASE_COLUMNS))
+        write_csv(self.path / EVALUATION_PER_CASE_CSV, pd.DataFrame(per_case, columns=per_case_columns(self.scheme)))
         return table

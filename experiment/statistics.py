@@ -36,15 +36,38 @@ from scipy import stats
 from metrics import mean_region_dice
 from utils.labels import REGIONS
 
-DICE_REGION_KEYS: tuple[str, ...] = tuple(f"dice_{r}" for r in REGIONS)
-# Metrics of statistical_tests.csv, in order; those absent from a table (older runs: NSD) are left out.
-TEST_METRICS: tuple[str, ...] = (
-    ("dice_mean",) + DICE_REGION_KEYS + tuple(f"hd95_{r}" for r in REGIONS) + tuple(f"nsd_{r}" for r in REGIONS)
-)
-# BraTS ranking metrics and whether higher is better.
-RANKING_METRICS: dict[str, bool] = {**{k: True for k in DICE_REGION_KEYS}, **{f"hd95_{r}": False for r in REGIONS}}
-# Bootstrap CIs added to model_comparison.csv: per-case column -> comparison column prefix.
-CI_METRICS: dict[str, str] = {"dice_mean": "test_dice_mean", **{k: f"test_{k}" for k in DICE_REGION_KEYS}}
+DICE_REGION_KEYS: tuple[str, ...] = tuple(f"dice_{r}" for r in REGIONS)  # the WT/TC/ET of the mean Dice
+
+
+# The metrics follow the data set: its regions are those with an HD95 column in the per-case table
+# (class Dice columns have none), in the table's order; BraTS 2018-2023: WT, TC, ET.
+def table_regions(columns: Sequence[str]) -> list[str]:
+    """The regions of a per-case (or results) table: every ``hd95_{region}`` (``test_hd95_{region}``) column."""
+    return [c.removeprefix("test_")[5:] for c in columns if c.removeprefix("test_").startswith("hd95_")]
+
+
+def comparison_metrics(columns: Sequence[str]) -> tuple[str, ...]:
+    """Metrics of statistical_tests.csv, in order: the mean Dice, then Dice, HD95, NSD of every region."""
+    regions = table_regions(columns)
+    return (("dice_mean",) + tuple(f"dice_{r}" for r in regions) + tuple(f"hd95_{r}" for r in regions)
+            + tuple(f"nsd_{r}" for r in regions))
+
+
+def ranking_metrics(columns: Sequence[str]) -> dict[str, bool]:
+    """BraTS ranking metrics (Dice and HD95 of every region) and whether higher is better."""
+    regions = table_regions(columns)
+    return {**{f"dice_{r}": True for r in regions}, **{f"hd95_{r}": False for r in regions}}
+
+
+def ci_metrics(columns: Sequence[str]) -> dict[str, str]:
+    """Bootstrap CIs added to model_comparison.csv: per-case column -> comparison column prefix."""
+    return {"dice_mean": "test_dice_mean", **{f"dice_{r}": f"test_dice_{r}" for r in table_regions(columns)}}
+
+
+_CLASSIC_COLUMNS = [f"hd95_{r}" for r in REGIONS]
+TEST_METRICS: tuple[str, ...] = comparison_metrics(_CLASSIC_COLUMNS)          # those of BraTS 2018-2023 (WT, TC, ET)
+RANKING_METRICS: dict[str, bool] = ranking_metrics(_CLASSIC_COLUMNS)
+CI_METRICS: dict[str, str] = ci_metrics(_CLASSIC_COLUMNS)
 # Pareto fronts: flag column -> cost column of model_comparison.csv. Latency and PAM are GPU figures:
 # their column is only added where some model has a value.
 PARETO_COSTS: dict[str, str] = {"pareto_params": "params_mean", "pareto_flops": "flops_mean",
@@ -155,17 +178,18 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float], min_pairs: int = MIN
     return out
 
 
-def paired_tests(per_case: pd.DataFrame, metrics: Sequence[str] = TEST_METRICS, reference: str | None = None,
+def paired_tests(per_case: pd.DataFrame, metrics: Sequence[str] | None = None, reference: str | None = None,
                  min_pairs: int = MIN_PAIRS) -> pd.DataFrame:
     """``statistical_tests.csv``: every model against the reference model, per metric.
 
-    Rows in the order of ``metrics`` (those absent from the table skipped) and of the models; the
+    Rows in the order of ``metrics`` (default :func:`comparison_metrics` of the table's regions; those absent from
+    the table skipped) and of the models; the
     reference model (default: the best by mean ``dice_mean`` over its cases) has no row.
     ``median_diff`` is the median of model - reference over the paired cases (for HD95 a positive
     difference means the model is worse). ``p_holm``: Holm's correction across the models of a metric.
     """
     values = case_values(per_case)
-    metrics = [m for m in metrics if m in values.columns]
+    metrics = [m for m in (comparison_metrics(per_case.columns) if metrics is None else metrics) if m in values.columns]
     if values.empty or not metrics:
         return pd.DataFrame(columns=TEST_COLUMNS)
     reference = reference or best_model(values)
@@ -205,10 +229,10 @@ def bootstrap_mean(values: Sequence[float], n_resamples: int = N_BOOTSTRAP, seed
 def bootstrap_ci(per_case: pd.DataFrame, metrics: Mapping[str, str] | None = None, level: float = 0.95,
                  n_resamples: int = N_BOOTSTRAP, seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
     """Percentile bootstrap CI of the mean over cases, per model: columns ``{name}_ci_low`` and
-    ``{name}_ci_high`` for each per-case metric -> name of ``metrics`` (default :data:`CI_METRICS`,
-    e.g. ``test_dice_mean_ci_low``), indexed by model. Each model's cases are resampled with the same
-    seeded stream, so the intervals are reproducible and independent of the other models."""
-    metrics = dict(CI_METRICS if metrics is None else metrics)
+    ``{name}_ci_high`` for each per-case metric -> name of ``metrics`` (default :func:`ci_metrics` of the
+    table's regions, e.g. ``test_dice_mean_ci_low``), indexed by model. Each model's cases are resampled with
+    the same seeded stream, so the intervals are reproducible and independent of the other models."""
+    metrics = dict(ci_metrics(per_case.columns) if metrics is None else metrics)
     values = case_values(per_case)
     metrics = {k: v for k, v in metrics.items() if k in values.columns}
     columns = [f"{name}_{b}" for name in metrics.values() for b in ("ci_low", "ci_high")]
@@ -281,15 +305,17 @@ def brats_ranking(per_case: pd.DataFrame, metrics: Mapping[str, bool] | None = N
                   level: float = 0.95) -> pd.DataFrame:
     """``ranking.csv``: BraTS-style rank-then-aggregate ranking with its bootstrap stability.
 
-    ``metrics`` maps a per-case metric to "higher is better" (default :data:`RANKING_METRICS`: Dice
-    and HD95 of WT, TC, ET). Only the cases that every model has a value for count (``n_cases``).
+    ``metrics`` maps a per-case metric to "higher is better" (default :func:`ranking_metrics`: Dice
+    and HD95 of every region of the table; BraTS 2018-2023: WT, TC, ET). Only the cases that every model has a
+    value for count (``n_cases``).
     Columns: ``rank`` (1 = best, ties averaged), ``mean_case_rank`` (the score: mean rank over cases
     and metrics), ``rank_stability`` (share of bootstrap resamples of the cases in which the model
     keeps its rank), ``rank_ci_low``/``rank_ci_high`` (percentile interval of its bootstrap rank).
     Sorted by rank.
     """
     values = case_values(per_case)
-    matrix, models, n_metrics = _case_rank_matrix(values, RANKING_METRICS if metrics is None else metrics)
+    metrics = ranking_metrics(per_case.columns) if metrics is None else metrics
+    matrix, models, n_metrics = _case_rank_matrix(values, metrics)
     n_cases = matrix.shape[0]
     if n_cases == 0:
         return pd.DataFrame(columns=RANKING_COLUMNS)
@@ -312,7 +338,8 @@ def add_comparison_statistics(comparison: pd.DataFrame, per_case: pd.DataFrame |
     Dice means (:func:`bootstrap_ci`; empty without per-case rows) and the Pareto flags appended."""
     table = comparison.copy()
     table.index = comparison["model"].astype(str).to_numpy()
-    ci_columns = [f"{name}_{b}" for name in CI_METRICS.values() for b in ("ci_low", "ci_high")]
+    metrics = ci_metrics(per_case.columns if per_case is not None else _CLASSIC_COLUMNS)
+    ci_columns = [f"{name}_{b}" for name in metrics.values() for b in ("ci_low", "ci_high")]
     if per_case is not None and not per_case.empty:
         ci = bootstrap_ci(per_case)
         table = table.join(ci.reindex(columns=[c for c in ci_columns if c in ci.columns]))

@@ -46,7 +46,7 @@ from experiment.config import ExperimentConfig
 from experiment.data import build_train_loader
 from experiment.evaluation import validation_dice
 from experiment.predictor import InferenceSettings, Predictor
-from experiment.run_folder import VAL_DICE_KEYS, RunFolder, UnitKey
+from experiment.run_folder import RunFolder, UnitKey, val_dice_keys
 from losses import make_loss
 from models import get_model, model_spec
 from utils import distributed as du
@@ -190,6 +190,7 @@ class UnitTrainer:
             model_name, cfg, cache, split, key, run, ctx)
         self.unit = run.unit(key)
         self.modalities = model_spec(model_name).modalities
+        self.dataset = cfg.dataset_def()  # the data set's record: its classes are the model's output channels
         self.device, self.amp = ctx.device, cfg.resolved_amp(ctx.device)
         self.epoch, self.start_epoch, self.steps_per_epoch = 0, 0, 0
         self.best = TrainResult({}, -1, -math.inf)
@@ -225,7 +226,7 @@ class UnitTrainer:
     def _build(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         set_seed(self.key.seed, cfg.deterministic)  # identical initial weights on every rank
-        self.model = get_model(self.model_name, cfg.dim, cfg.spatial_patch)
+        self.model = get_model(self.model_name, cfg.dim, cfg.spatial_patch, self.dataset.num_classes)
         if cfg.use_pretrained:
             path = Path(cfg.pretrained_dir) / f"{self.model_name}.pth"
             report = load_pretrained(self.model, path)
@@ -351,7 +352,7 @@ class UnitTrainer:
     def validate(self) -> dict[str, float]:
         """Validation Dice of rank 0's weights and buffers on every rank (what rank 0 checkpoints)."""
         du.broadcast_module_state(self.model)
-        return validation_dice(self.predictor, self.cache, self.split["val"])
+        return validation_dice(self.predictor, self.cache, self.split["val"], self.dataset.scheme)
 
     # ------------------------------------------------------------------ end of an epoch
     def end_epoch(self, epoch: int, train_loss: float, lr: float, val: dict[str, float], seconds: float
@@ -377,6 +378,7 @@ class UnitTrainer:
             "model_name": self.model_name, "state_dict": self.best.best_state, "config": self.cfg.to_dict(),
             "epoch": epoch, "best_val_dice": self.best.best_val_dice, "seed": self.key.seed, "fold": self.key.fold,
             "dim": self.cfg.dim, "patch_size": list(self.cfg.spatial_patch), "modalities": list(self.modalities),
+            "num_classes": self.dataset.num_classes, "dataset": self.dataset.to_dict(),
         })
 
     def _save_last(self, epoch: int) -> None:
@@ -408,7 +410,8 @@ class UnitTrainer:
             train_loss = self.train_epoch(loader, epoch)
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
-            val = self.validate() if self.validates(epoch) else dict.fromkeys(VAL_DICE_KEYS, math.nan)
+            val = self.validate() if self.validates(epoch) else dict.fromkeys(val_dice_keys(self.dataset.scheme),
+                                                                                 math.nan)
             row = self.end_epoch(epoch, train_loss, lr, val, time.perf_counter() - t0)
             if self.ctx.is_main and on_epoch_end:
                 on_epoch_end(row)
@@ -468,7 +471,7 @@ def train_model(
     checkpoint exists, training continues from the epoch after it. ``on_epoch_end(row)`` runs on rank 0 after
     each epoch, ``on_progress(epoch, steps, mean loss)`` on rank 0 every ``CHECK_EVERY`` steps.
     """
-    run = run if isinstance(run, RunFolder) else RunFolder(run, cfg.use_5fold)
+    run = run if isinstance(run, RunFolder) else RunFolder(run, cfg.use_5fold, cfg.dataset_def().scheme)
     cls = trainer_class(cfg.trainer)
     trainer = cls(model_name, cfg, cache, split, UnitKey(model_name, seed, fold), run, ctx)
     log.info("[%s] trainer %s.%s", trainer.unit, cls.__module__, cls.__qualname__)

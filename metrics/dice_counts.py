@@ -16,27 +16,30 @@ from __future__ import annotations
 
 import torch
 
-from utils.labels import NUM_CLASSES, REGIONS
-
-# Membership table: _REGION_TABLE[r, c] is True when class c belongs to region r (WT, TC, ET).
-_REGION_TABLE = torch.tensor(
-    [[c in classes for c in range(NUM_CLASSES)] for classes in REGIONS.values()], dtype=torch.bool
-)
+from utils.labels import CLASSIC, LabelScheme
 
 
-def region_dice_counts(pred: torch.Tensor, target: torch.Tensor, reduce_batch: bool = True) -> torch.Tensor:
+def region_table(scheme: LabelScheme = CLASSIC) -> torch.Tensor:
+    """Membership table: ``[r, c]`` is True when class ``c`` belongs to region ``r`` (the scheme's order)."""
+    return torch.tensor([[c in classes for c in range(scheme.num_classes)]
+                         for classes in scheme.region_classes.values()], dtype=torch.bool)
+
+
+def region_dice_counts(pred: torch.Tensor, target: torch.Tensor, reduce_batch: bool = True,
+                       scheme: LabelScheme = CLASSIC) -> torch.Tensor:
     """Per-region Dice counts of batched label maps.
 
     Args:
-        pred: predicted model classes 0..3, integer tensor (B, *spatial) (argmax of the logits).
+        pred: predicted model classes 0..scheme.num_classes - 1, integer tensor (B, *spatial) (argmax of the logits).
         target: ground-truth classes, same shape.
         reduce_batch: sum the counts over the batch (default) or keep one row per case.
+        scheme: the classes and regions (default CLASSIC: WT, TC, ET).
 
     Returns:
-        int64 tensor of shape (3, 3), or (B, 3, 3) when ``reduce_batch`` is False: rows are the
-        regions WT, TC, ET; columns are (intersection, pred voxels, target voxels). On the
-        device of ``pred``. Labels are not range-checked here (that would synchronise the GPU);
-        values outside 0..3 raise an indexing error.
+        int64 tensor of shape (R, 3), or (B, R, 3) when ``reduce_batch`` is False: rows are the R
+        regions of the scheme (CLASSIC: WT, TC, ET); columns are (intersection, pred voxels, target voxels).
+        On the device of ``pred``. Labels are not range-checked here (that would synchronise the GPU);
+        values outside the scheme's classes raise an indexing error.
     """
     if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
         raise ValueError(f"pred and target must be torch tensors, got {type(pred).__name__}, {type(target).__name__}")
@@ -48,17 +51,17 @@ def region_dice_counts(pred: torch.Tensor, target: torch.Tensor, reduce_batch: b
     if pred.is_floating_point() or target.is_floating_point():
         raise ValueError(f"pred and target must be integer label maps, got {pred.dtype} and {target.dtype}; "
                          "take the argmax of the logits first")
-    table = _REGION_TABLE.to(pred.device)
-    pred_regions = table[:, pred.long()].flatten(2)      # (3, B, N)
+    table = region_table(scheme).to(pred.device)
+    pred_regions = table[:, pred.long()].flatten(2)      # (R, B, N)
     target_regions = table[:, target.long()].flatten(2)
     counts = torch.stack(
         [(pred_regions & target_regions).sum(-1), pred_regions.sum(-1), target_regions.sum(-1)], dim=-1
-    ).transpose(0, 1)                                    # (B, 3, 3)
+    ).transpose(0, 1)                                    # (B, R, 3)
     return counts.sum(0) if reduce_batch else counts
 
 
 def dice_from_counts(counts: torch.Tensor) -> torch.Tensor:
-    """Dice per region from counts of :func:`region_dice_counts` (shape (..., 3, 3) -> (..., 3)).
+    """Dice per region from counts of :func:`region_dice_counts` (shape (..., R, 3) -> (..., R)).
 
     Dice = 2 * intersection / (pred + target); both empty -> 1.0 (BraTS convention).
     """

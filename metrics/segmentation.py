@@ -2,8 +2,9 @@
 confusion matrix.
 
 All functions are pure and take numpy arrays or torch tensors (moved to the CPU), 2D or 3D.
-Model classes are 0 background, 1 NCR/NET, 2 ED, 3 ET; the BraTS regions are
-WT = {1, 2, 3}, TC = {1, 3} and ET = {3} (see :data:`REGIONS`).
+The classes and regions are those of a :class:`~utils.labels.LabelScheme` (the data set's, given as
+``scheme``); by default :data:`~utils.labels.CLASSIC`: classes 0 background, 1 NCR/NET, 2 ED, 3 ET and
+the BraTS regions WT = {1, 2, 3}, TC = {1, 3} and ET = {3} (see :data:`REGIONS`).
 
 Empty-mask conventions (BraTS challenge): both masks empty -> Dice 1, HD95 0; exactly one
 empty -> Dice 0, HD95 :data:`HD95_EMPTY` (373.13 mm, the diagonal of the 240x240x155 BraTS
@@ -28,8 +29,9 @@ exactly like MONAI's ``compute_surface_dice(y_pred, y, class_thresholds=[tau], s
 almost nothing more. Both masks empty -> 1 (MONAI: NaN; the BraTS convention of Dice is kept),
 exactly one empty -> 0 (as MONAI).
 
-Per-class Dice: ``dice_ncr`` (class 1, NCR/NET) and ``dice_ed`` (class 2, ED); the ET class is
-the ET region, whose Dice is ``dice_et``. Empty conventions as the region Dice.
+Per-class Dice: of every class that is not a region by itself (CLASSIC: ``dice_ncr`` (class 1, NCR/NET)
+and ``dice_ed`` (class 2, ED); the ET class is the ET region, whose Dice is ``dice_et``). Empty
+conventions as the region Dice.
 """
 
 from __future__ import annotations
@@ -42,19 +44,17 @@ import torch
 from scipy import ndimage
 from scipy.spatial import KDTree
 
-from utils.labels import NUM_CLASSES, REGIONS
+from utils.labels import CLASSIC, NUM_CLASSES, REGIONS, LabelScheme
 
 HD95_EMPTY = 373.13
 NSD_TOLERANCE_MM = 1.0  # default tolerance of the normalised surface Dice
 NSD_KEYS: tuple[str, ...] = tuple(f"nsd_{region}" for region in REGIONS)
 # Dice of the classes that are not a region of their own (class 3, ET, is the ET region: dice_et).
-CLASS_DICE: dict[str, int] = {"ncr": 1, "ed": 2}
+CLASS_DICE: dict[str, int] = CLASSIC.class_dice
 CLASS_DICE_KEYS: tuple[str, ...] = tuple(f"dice_{name}" for name in CLASS_DICE)
-# Every per-case key of brats_region_metrics(), in its order: the per-case CSV columns and, prefixed
-# with ``test_``, the test columns of the results.
-REGION_METRIC_KEYS: tuple[str, ...] = (
-    tuple(f"{metric}_{region}" for metric in ("dice", "hd95") for region in REGIONS) + NSD_KEYS + CLASS_DICE_KEYS
-)
+# Every per-case key of brats_region_metrics() for CLASSIC, in its order: the per-case CSV columns and,
+# prefixed with ``test_``, the test columns of the results (another scheme: ``scheme.metric_keys``).
+REGION_METRIC_KEYS: tuple[str, ...] = CLASSIC.metric_keys
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -261,18 +261,19 @@ def normalized_surface_dice(
     return _nsd_of(distances, _check_tolerance(tolerance))
 
 
-def region_mask(label_map: np.ndarray, region: str) -> np.ndarray:
-    """Binary mask of a BraTS region (``"wt"``, ``"tc"`` or ``"et"``) of a label map."""
-    if region not in REGIONS:
-        raise ValueError(f"unknown region {region!r}; expected one of {tuple(REGIONS)}")
-    return np.isin(label_map, REGIONS[region])
+def region_mask(label_map: np.ndarray, region: str, scheme: LabelScheme = CLASSIC) -> np.ndarray:
+    """Binary mask of a region of ``scheme`` (CLASSIC: ``"wt"``, ``"tc"`` or ``"et"``) of a label map."""
+    regions = scheme.region_classes
+    if region not in regions:
+        raise ValueError(f"unknown region {region!r}; expected one of {tuple(regions)}")
+    return np.isin(label_map, regions[region])
 
 
 def brats_region_metrics(
     pred: ArrayLike, target: ArrayLike, spacing: Sequence[float] = (1.0, 1.0, 1.0),
-    nsd_tolerance: float = NSD_TOLERANCE_MM,
+    nsd_tolerance: float = NSD_TOLERANCE_MM, scheme: LabelScheme = CLASSIC,
 ) -> dict[str, float]:
-    """Dice, HD95 and NSD of the BraTS regions WT, TC and ET, and per-class Dice, for one case.
+    """Dice, HD95 and NSD of every region of ``scheme`` (CLASSIC: WT, TC, ET), and per-class Dice, for one case.
 
     Args:
         pred: predicted label map, integer model classes 0..3, shape (Z, Y, X) or (Y, X);
@@ -281,18 +282,19 @@ def brats_region_metrics(
         spacing: voxel size per axis in mm (Z, Y, X). For 2D input 2 values (Y, X), or 3 of
             which the last two are used.
         nsd_tolerance: tolerance of the normalised surface Dice, in the units of ``spacing`` (mm).
+        scheme: the data set's classes and regions (model classes 0..scheme.num_classes - 1).
 
     Returns:
-        The keys of :data:`REGION_METRIC_KEYS` as Python floats: ``dice_{wt,tc,et}``,
-        ``hd95_{wt,tc,et}``, ``nsd_{wt,tc,et}``, ``dice_ncr``, ``dice_ed``, with the BraTS
-        empty-mask conventions (module docstring). The mean of the three region Dice values is
+        The keys of ``scheme.metric_keys`` as Python floats (CLASSIC: :data:`REGION_METRIC_KEYS`,
+        ``dice_{wt,tc,et}``, ``hd95_{wt,tc,et}``, ``nsd_{wt,tc,et}``, ``dice_ncr``, ``dice_ed``), with the
+        BraTS empty-mask conventions (module docstring). The mean of the three region Dice values is
         not included: use :func:`mean_region_dice` or :func:`mean_metrics`.
 
     Raises:
         ValueError: different shapes, not 2D/3D, non-integer dtype, labels outside 0..3, bad
             spacing, negative or non-finite tolerance.
     """
-    pred_np, target_np = _label_pair(pred, target, NUM_CLASSES)
+    pred_np, target_np = _label_pair(pred, target, scheme.num_classes)
     voxel_spacing = _spacing_for(spacing, pred_np.ndim)
     tolerance = _check_tolerance(nsd_tolerance)
     # Every region lies inside the whole tumour: crop both maps once to the WT union, so the
@@ -301,24 +303,25 @@ def brats_region_metrics(
     if box is not None:
         pred_np, target_np = pred_np[box], target_np[box]
     metrics: dict[str, float] = {}
-    for region in REGIONS:
-        pred_region, target_region = region_mask(pred_np, region), region_mask(target_np, region)
+    for region in scheme.region_classes:
+        pred_region, target_region = region_mask(pred_np, region, scheme), region_mask(target_np, region, scheme)
         metrics[f"dice_{region}"] = _dice(pred_region, target_region)
         distances = _surface_distances(pred_region, target_region, voxel_spacing)
         metrics[f"hd95_{region}"] = _hd95_of(distances)
         metrics[f"nsd_{region}"] = _nsd_of(distances, tolerance)
-    for name, label in CLASS_DICE.items():
+    for name, label in scheme.class_dice.items():
         metrics[f"dice_{name}"] = _dice(pred_np == label, target_np == label)
-    return {key: metrics[key] for key in REGION_METRIC_KEYS}
+    return {key: metrics[key] for key in scheme.metric_keys}
 
 
-def mean_region_dice(values: Any, prefix: str = "dice_") -> Any:
-    """The mean Dice over the BraTS regions (``{prefix}wt``, ``{prefix}tc``, ``{prefix}et``): the suite's one
-    definition of "mean Dice" (test, validation and model selection use it).
+def mean_region_dice(values: Any, prefix: str = "dice_", scheme: LabelScheme = CLASSIC) -> Any:
+    """The mean Dice over the selection regions of ``scheme`` (``{prefix}wt``, ``{prefix}tc``, ``{prefix}et``
+    for every scheme the suite ships): the suite's one definition of "mean Dice" (test, validation and model
+    selection use it).
 
     ``values``: a mapping (one case or one unit) -> float; a table with those columns (a pandas DataFrame)
     -> its row-wise means (a Series)."""
-    columns = [f"{prefix}{r}" for r in REGIONS]
+    columns = [f"{prefix}{r}" for r in scheme.selection]
     if hasattr(values, "columns"):  # a DataFrame: one mean per row
         missing = [c for c in columns if c not in values.columns]
         if missing:

@@ -131,18 +131,24 @@ def check_divisible(name: str, patch_size: Sequence[int], divisor: int) -> None:
         )
 
 
-def create_model(name: str, dim: str = "3d", patch_size: Sequence[int] = (128, 128, 128)) -> nn.Module:
+def create_model(name: str, dim: str = "3d", patch_size: Sequence[int] = (128, 128, 128),
+                 num_classes: int = NUM_CLASSES) -> nn.Module:
+    """Build ``name`` for ``dim`` with ``num_classes`` output channels (the data set's; default the BraTS 4)."""
+    if int(num_classes) < 2:
+        raise ValueError(f"model '{name}': num_classes must be >= 2 (background and a class), got {num_classes}")
     spec = model_spec(name)
     if dim not in spec.dims:
         raise ValueError(f"model '{name}' supports --dim {' or '.join(spec.dims)}, not {dim}")
     ps = normalize_patch_size(patch_size, dim)
-    return spec.factory(dim=dim, patch_size=ps, in_channels=spec.in_channels, out_channels=NUM_CLASSES)
+    return spec.factory(dim=dim, patch_size=ps, in_channels=spec.in_channels, out_channels=int(num_classes))
 
 
-def get_model(name: str, dim: str = "3d", patch_size: Sequence[int] = (128, 128, 128)) -> nn.Module:
+def get_model(name: str, dim: str = "3d", patch_size: Sequence[int] = (128, 128, 128),
+              num_classes: int = NUM_CLASSES) -> nn.Module:
     """Build ``name`` for ``dim``: input ``(B, len(spec.modalities), *spatial)``, output logits
-    ``(B, NUM_CLASSES, *spatial)``; the registry checks the name, the dim and the patch size."""
-    return create_model(name, dim=dim, patch_size=patch_size)
+    ``(B, num_classes, *spatial)`` (the data set's classes with background; 4 for BraTS 2018-2023 GLI); the
+    registry checks the name, the dim and the patch size."""
+    return create_model(name, dim=dim, patch_size=patch_size, num_classes=num_classes)
 
 
 def deploy(model: nn.Module) -> int:

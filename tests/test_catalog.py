@@ -72,7 +72,9 @@ def test_readme_options_table_is_generated_from_the_config_and_current():
     parser_flags = {s for a in build_parser()._actions for s in a.option_strings if s.startswith("--")} - {"--help"}
     table_flags = {line.split("`")[1].split()[0] for line in table.splitlines() if line.startswith("| `")}
     assert table_flags == parser_flags  # every option of the command, nothing else
-    assert "`--dataset_version {brats2018,brats2021,brats2023,synthetic,msd,nnunet}`" in table
+    from brats_data.definitions import DATASET_VERSIONS
+
+    assert f"`--dataset_version {{{','.join(DATASET_VERSIONS)}}}`" in table  # every data set record
 
 
 def test_readme_table_regeneration_replaces_only_the_marked_part():

@@ -79,7 +79,8 @@ def test_plain_nii_accepted_and_max_samples(tmp_path: Path) -> None:
 def test_wrong_version_and_empty_folder(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="brats2018, brats2021, brats2023, synthetic"):
         discover_cases(tmp_path, "brats2020")
-    assert DATASET_VERSIONS == ("brats2018", "brats2021", "brats2023", "synthetic", "msd", "nnunet")
+    assert DATASET_VERSIONS == ("brats2018", "brats2021", "brats2023", "synthetic", "brats2024", "brats_met",
+                                "brats_men", "brats_ped", "brats_ssa", "msd", "nnunet")
     with pytest.raises(FileNotFoundError) as info:
         discover_cases(tmp_path, "brats2021")
     message = str(info.value)
@@ -215,8 +216,9 @@ def test_map_labels_per_layout() -> None:
         map_labels(np.array([0, 4]), "brats2023")
     with pytest.raises(ValueError, match="non-integer"):
         map_labels(np.array([0, 1.5]), "brats2021")
-    with pytest.raises(ValueError, match="Unknown layout"):
-        map_labels(seg, "synthetic")
+    assert map_labels(seg, "synthetic").tolist() == [0, 1, 2, 3, 3, 0]  # the synthetic data are BraTS 2021's
+    with pytest.raises(ValueError, match="Unknown dataset 'msd'"):
+        map_labels(seg, "msd")  # its record comes from its dataset.json
 
 
 def test_load_case_maps_labels(tmp_path: Path) -> None:

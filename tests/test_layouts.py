@@ -117,8 +117,8 @@ def test_msd_modality_order_and_label_names(tmp_path):
     assert (msd == 1).any() and np.all(raw.label[msd == 1] == 2)
     assert np.all(raw.label[msd == 2] == 1) and np.all(raw.label[msd == 3] == 3)
     # written back in MSD numbering
-    np.testing.assert_array_equal(unmap_labels(np.arange(4), case.layout), [0, 2, 1, 3])
-    np.testing.assert_array_equal(unmap_labels(raw.label, case.layout), msd)
+    np.testing.assert_array_equal(unmap_labels(np.arange(4), case.dataset), [0, 2, 1, 3])
+    np.testing.assert_array_equal(unmap_labels(raw.label, case.dataset), msd)
     np.testing.assert_array_equal(read_images(case).image, raw.image)
     image, label, spacing = dl.load_case(case)
     assert image.shape == (4, *SHAPE[::-1]) and spacing == (1.0, 1.0, 1.0)
@@ -186,8 +186,8 @@ def test_nnunet_channels_and_labels(tmp_path, spec, order, values, expected_map)
     np.testing.assert_array_equal(raw.image, np.stack([zyx(v) for v in images]).astype(np.float32))
     np.testing.assert_array_equal(raw.label, zyx(_relabel(seg, BRATS_CLASS)))
     written = np.asarray(nib.load(str(case.label_path)).dataobj)
-    np.testing.assert_array_equal(unmap_labels(raw.label, case.layout), zyx(written))  # the dataset's own values
-    np.testing.assert_array_equal(map_labels(unmap_labels(np.arange(4), case.layout), case.layout), np.arange(4))
+    np.testing.assert_array_equal(unmap_labels(raw.label, case.dataset), zyx(written))  # the dataset's own values
+    np.testing.assert_array_equal(map_labels(unmap_labels(np.arange(4), case.dataset), case.dataset), np.arange(4))
 
 
 def test_nnunet_missing_channel_file_and_unmappable_labels(tmp_path):

@@ -19,6 +19,7 @@ import data_loader as dl
 import predict
 from brats_data import find_input_cases
 from brats_data.cases import LAYOUTS, unmap_labels
+from brats_data.definitions import DATASETS
 from experiment.evaluation import predict_volume
 from experiment.predictor import InferenceSettings, Predictor, mirror_axes
 from experiment_runner import ExperimentConfig, run_integrated_experiment
@@ -147,7 +148,7 @@ def _copy_as_brats2023(case: Path, dest: Path, with_seg: bool) -> Path:
     folder = dest / new_id
     folder.mkdir(parents=True)
     old, new = LAYOUTS["brats2021"], LAYOUTS["brats2023"]
-    pairs = [(old.suffixes[m], new.suffixes[m]) for m in old.suffixes] + ([("seg", "seg")] if with_seg else [])
+    pairs = [(old.suffix(m), new.suffix(m)) for m, _ in old.suffixes] + ([("seg", "seg")] if with_seg else [])
     for a, b in pairs:
         shutil.copyfile(case / old.file_name(case.name, a), folder / new.file_name(new_id, b))
     return folder
@@ -185,7 +186,7 @@ def test_input_discovery_names_a_bad_case_folder_and_finds_groups(run_and_cases,
     _, cases = run_and_cases
     src = sorted(cases.iterdir())[0]
     shutil.copytree(src, tmp_path / "HGG" / src.name)  # BraTS 2018: group folders of case folders
-    found = find_input_cases(tmp_path, prefer="brats2018")
+    found = find_input_cases(tmp_path, prefer=DATASETS["brats2018"])
     assert [(c.case_id, c.layout) for c in found] == [(src.name, "brats2018")]
     (tmp_path / "HGG" / src.name / f"{src.name}_flair.nii.gz").unlink()
     with pytest.raises(dl.BadCaseError, match=src.name):

@@ -45,7 +45,7 @@ class ChartCallbacks(RunCallbacks):
         if state.cfg.gradcam:
             try:
                 write_unit_gradcam(key.model, result.best_state, state.cfg, state.cache, case_id,
-                                   state.run.gradcam_figure(key), state.ctx.device)
+                                   state.run.gradcam_figure(key), state.ctx.device, state.run.scheme)
             except Exception as exc:  # an explanation figure must never cost the unit
                 log.warning("warning: Grad-CAM of %s failed: %s", state.run.unit(key), first_line(exc, with_type=True))
 
@@ -58,6 +58,6 @@ class ChartCallbacks(RunCallbacks):
             try:
                 plot_segmentation_slices(item["image"], item["label"], item["preds"],
                                          state.run.slice_figure(seed, fold, case_id),
-                                         modality_names=list(SLICE_MODALITIES))
+                                         modality_names=list(SLICE_MODALITIES), scheme=state.run.scheme)
             except Exception as exc:
                 log.warning("warning: slice figure of %s failed: %s", case_id, first_line(exc, with_type=True))

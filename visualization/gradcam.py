@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from models import model_spec
-from utils.labels import REGIONS
+from utils.labels import CLASSIC, LabelScheme
 from visualization.visualization_3d import display_channel, tumour_slices
 from visualization.visualization_dataframe import PathLike, drawing
 
@@ -79,20 +79,21 @@ def find_target_layer(model: nn.Module, x: torch.Tensor) -> str:
 
 
 class _RegionScore(nn.Module):
-    """(B, 1) Seg-Grad-CAM score of a region, from a segmentation network's logits (B, 4, *spatial)."""
+    """(B, 1) Seg-Grad-CAM score of a region, from a segmentation network's logits (B, K, *spatial): the logit of
+    a one-class region (ET), else the region's log-odds against background (WT)."""
 
-    def __init__(self, net: nn.Module, region: str) -> None:
+    def __init__(self, net: nn.Module, region: str, scheme: LabelScheme = CLASSIC) -> None:
         super().__init__()
-        self.net, self.region = net, region
+        self.net, self.region, self.classes = net, region, scheme.region_classes[region]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.net(x).float()
-        if self.region == "et":
-            voxel_score = logits[:, 3]
+        if len(self.classes) == 1:
+            voxel_score = logits[:, self.classes[0]]
         else:
-            voxel_score = torch.logsumexp(logits[:, 1:], dim=1) - logits[:, 0]
+            voxel_score = torch.logsumexp(logits[:, list(self.classes)], dim=1) - logits[:, 0]
         with torch.no_grad():
-            classes = torch.tensor(REGIONS[self.region], device=logits.device)
+            classes = torch.tensor(self.classes, device=logits.device)
             mask = torch.isin(logits.argmax(1), classes).float()
             empty = mask.flatten(1).sum(1) == 0
             mask[empty] = 1.0  # nothing predicted: the whole patch
@@ -130,12 +131,12 @@ def _normalise(cam: np.ndarray) -> np.ndarray:
 
 def compute_gradcam(model: nn.Module, image: np.ndarray, label: np.ndarray, *, dim: str, patch: Sequence[int],
                     device: torch.device | str = "cpu", slices: Sequence[int] | None = None,
-                    region: str | None = None) -> dict[str, Any]:
+                    region: str | None = None, scheme: LabelScheme = CLASSIC) -> dict[str, Any]:
     """Grad-CAM of ``model`` on one case, on the patch centred on the tumour.
 
     Args:
-        model: a suite model (``(B, C, *spatial) -> (B, 4, *spatial)``); not modified (a copy gets the hooks).
-        image: ``(C, Z, Y, X)`` model input channels; label: ``(Z, Y, X)`` classes 0..3.
+        model: a suite model (``(B, C, *spatial) -> (B, K, *spatial)``); not modified (a copy gets the hooks).
+        image: ``(C, Z, Y, X)`` model input channels; label: ``(Z, Y, X)`` classes of ``scheme``.
         dim: ``"3d"`` (one forward on a ``patch`` crop) or ``"2d"`` (the slices as a batch, ``patch`` = (Y, X)).
         slices: axial indices of the crop to compute (2D) and show; default :func:`tumour_slices`.
         region: ``"et"`` or ``"wt"``; default ET when the crop's ground truth holds ET, else WT.
@@ -154,10 +155,11 @@ def compute_gradcam(model: nn.Module, image: np.ndarray, label: np.ndarray, *, d
         box = [(0, label.shape[0]), *box]
     crop_image, crop_label = _take(image, box), _take(label, box)
     rows = list(slices) if slices is not None else tumour_slices(crop_label)
+    regions = scheme.region_classes
     if region is None:
-        region = "et" if (crop_label == 3).any() else "wt"
-    if region not in ("et", "wt"):
-        raise ValueError(f"region must be 'et' or 'wt', got {region!r}")
+        region = "et" if np.isin(crop_label, regions["et"]).any() else "wt"
+    if region not in regions:
+        raise ValueError(f"region must be one of {', '.join(regions)}, got {region!r}")
 
     from monai.visualize import GradCAM  # MONAI's implementation
 
@@ -172,7 +174,7 @@ def compute_gradcam(model: nn.Module, image: np.ndarray, label: np.ndarray, *, d
         if deterministic:  # some backward kernels (trilinear upsampling on CUDA) have no deterministic version
             torch.use_deterministic_algorithms(True, warn_only=True)
         with torch.enable_grad():
-            cam_maker = GradCAM(nn_module=_RegionScore(net, region), target_layers=f"net.{layer}",
+            cam_maker = GradCAM(nn_module=_RegionScore(net, region, scheme), target_layers=f"net.{layer}",
                                 postprocessing=lambda m: m)
             cam = cam_maker(x.requires_grad_(True), class_idx=0)[:, 0].detach().float().cpu().numpy()
         with torch.no_grad():
@@ -187,7 +189,7 @@ def compute_gradcam(model: nn.Module, image: np.ndarray, label: np.ndarray, *, d
         pred_volume = np.zeros(crop_label.shape, np.uint8)
         cam_volume[rows], pred_volume[rows] = _normalise(cam), pred
     return {"image": crop_image, "label": crop_label, "cam": cam_volume, "pred": pred_volume, "slices": rows,
-            "region": region, "layer": layer}
+            "region": region, "layer": layer, "classes": regions[region]}
 
 
 def plot_gradcam(result: dict[str, Any], path: PathLike, channel: int = 0, channel_name: str = "image",
@@ -195,7 +197,7 @@ def plot_gradcam(result: dict[str, Any], path: PathLike, channel: int = 0, chann
     """Rows = the slices of ``result`` (:func:`compute_gradcam`); columns: the image with the ground-truth
     outline of the target region, and the Grad-CAM map over it with the predicted region's outline."""
     image, label, cam, pred = (result[k] for k in ("image", "label", "cam", "pred"))
-    classes = REGIONS[result["region"]]
+    classes = result["classes"]
     volume = image[channel]
     brain = volume[volume != 0]
     vmin, vmax = np.percentile(brain if brain.size else volume, [1.0, 99.0])
@@ -226,18 +228,20 @@ def plot_gradcam(result: dict[str, Any], path: PathLike, channel: int = 0, chann
 
 
 def write_unit_gradcam(model_name: str, state_dict: dict[str, torch.Tensor], cfg: Any, cache: Any, case_id: str,
-                       path: PathLike, device: torch.device | str = "cpu") -> Path:
+                       path: PathLike, device: torch.device | str = "cpu", scheme: LabelScheme = CLASSIC) -> Path:
     """``gradcam_{unit}.png`` of a trained unit: its network, built by the unit's predictor for the run's dim
-    and patch (``cfg``), and :func:`compute_gradcam` of the case ``case_id`` of the cache."""
+    and patch (``cfg``) and the data set's classes (``scheme``), and :func:`compute_gradcam` of the case
+    ``case_id`` of the cache."""
     from brats_data import modality_indices
     from experiment.predictor import InferenceSettings, Predictor
 
     settings = InferenceSettings(cfg.dim, tuple(cfg.spatial_patch), device=torch.device(device))
-    model = Predictor.from_checkpoints([{"model_name": model_name, "state_dict": state_dict}], settings).model
+    checkpoint = {"model_name": model_name, "state_dict": state_dict, "num_classes": scheme.num_classes}
+    model = Predictor.from_checkpoints([checkpoint], settings).model
     modalities = list(model_spec(model_name).modalities)
     image = np.asarray(cache.image(case_id)[modality_indices(modalities)], dtype=np.float32)
     result = compute_gradcam(model, image, np.asarray(cache.label(case_id)), dim=cfg.dim,
-                             patch=cfg.spatial_patch, device=device)
+                             patch=cfg.spatial_patch, device=device, scheme=scheme)
     # ET shows on T1ce, the whole tumour (edema) on FLAIR
     channel = display_channel(modalities, ("t1ce", "flair") if result["region"] == "et" else ("flair", "t1ce"))
     return plot_gradcam(result, path, channel, modalities[channel].upper(), title=f"{model_name}, {case_id}")

@@ -22,6 +22,7 @@ from typing import Any
 import pandas as pd
 
 from experiment.run_folder import (
+    CONFIG_JSON,
     EPOCHS_CSV,
     MODALITY_CSV,
     PER_CASE_CSV,
@@ -63,13 +64,30 @@ def _load_run(path: Path) -> dict[str, Any]:
         raise MergeError(f"{path} has no finished units ({RESULTS_CSV} missing or empty)")
     if not (path / SPLITS_JSON).is_file():
         raise MergeError(f"{path} has no {SPLITS_JSON}; the test splits of its seeds cannot be checked")
+    config = json.loads((path / CONFIG_JSON).read_text()).get("config", {}) if (path / CONFIG_JSON).is_file() else {}
     return {"path": path, "results": results, "splits": json.loads((path / SPLITS_JSON).read_text()),
-            "tables": {name: _read(path / name) for name in UNIT_TABLES[1:] + (STAGE_PAM_CSV,)}}
+            "tables": {name: _read(path / name) for name in UNIT_TABLES[1:] + (STAGE_PAM_CSV,)},
+            "dataset": _dataset_identity(config)}
+
+
+def _dataset_identity(config: dict[str, Any]) -> tuple[str, str] | None:
+    """(data set, its classes) of a run's configuration; None for a run folder without config.json."""
+    if not config:
+        return None
+    dataset = config.get("dataset") or {}
+    classes = ",".join(c[0] for c in dataset.get("scheme", {}).get("classes", [])) or "ncr,ed,et"
+    return str(config.get("dataset_version")), classes
 
 
 def check_mergeable(runs: Sequence[dict[str, Any]]) -> None:
     """Raise :class:`MergeError` on a (model, seed, fold) present in two runs, or on a seed whose test
-    splits differ between runs that both hold results of it."""
+    splits differ between runs that both hold results of it, or on runs of different data sets."""
+    known = [r for r in runs if r["dataset"] is not None]
+    for run in known[1:]:
+        if run["dataset"] != known[0]["dataset"]:
+            raise MergeError(f"{run['path']} is a run on {run['dataset'][0]} (classes {run['dataset'][1]}) and "
+                             f"{known[0]['path']} on {known[0]['dataset'][0]} (classes {known[0]['dataset'][1]}); "
+                             "merge runs of one data set")
     owner: dict[tuple[str, int, int], Path] = {}
     for run in runs:
         for model, seed, fold in run["results"][UNIT_COLUMNS].itertuples(index=False):

@@ -2,7 +2,8 @@
 
 Arrays follow the suite's axis order (Z, Y, X); an axial slice is ``volume[z]`` and is drawn with
 ``origin="lower"`` (Y upwards), the usual orientation of BraTS axial views. Classes are the model
-classes 0 background, 1 NCR/NET, 2 ED, 3 ET, with one fixed colour each in every figure.
+classes of the data set's scheme (BraTS 2018-2023: 0 background, 1 NCR/NET, 2 ED, 3 ET), each kind of tissue
+with one fixed colour in every figure (:data:`KEY_COLORS`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,27 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.patches import Patch
 
-from utils.labels import CLASS_NAMES, NUM_CLASSES
+from utils.labels import CLASSIC, LabelScheme
 from visualization.visualization_dataframe import PathLike, drawing
 
-CLASS_COLORS: dict[int, str] = {1: "#e41a1c", 2: "#4daf4a", 3: "#ffd92f"}
-_LABEL_CMAP = ListedColormap([(0.0, 0.0, 0.0, 0.0), *(CLASS_COLORS[k] for k in sorted(CLASS_COLORS))])
-_LABEL_NORM = BoundaryNorm(np.arange(NUM_CLASSES + 1) - 0.5, NUM_CLASSES)
+# One colour per kind of tissue, whatever its class number in a data set (PED's ET is class 1, CLASSIC's 3).
+KEY_COLORS: dict[str, str] = {"ncr": "#e41a1c", "netc": "#e41a1c", "ed": "#4daf4a", "snfh": "#4daf4a",
+                              "et": "#ffd92f", "rc": "#377eb8", "cc": "#984ea3"}
+_SPARE_COLORS = ("#ff7f00", "#a65628", "#f781bf", "#999999")
+CLASS_COLORS: dict[int, str] = {k: KEY_COLORS[c.key] for k, c in enumerate(CLASSIC.classes, start=1)}
+
+
+def class_colors(scheme: LabelScheme = CLASSIC) -> dict[int, str]:
+    """Model class -> colour: by the class's key (edema is green in every data set), spare colours otherwise."""
+    spare = iter(_SPARE_COLORS * 4)
+    return {k: KEY_COLORS.get(c.key) or next(spare) for k, c in enumerate(scheme.classes, start=1)}
+
+
+def _label_colormap(scheme: LabelScheme) -> tuple[ListedColormap, BoundaryNorm]:
+    colors = class_colors(scheme)
+    n = scheme.num_classes
+    return (ListedColormap([(0.0, 0.0, 0.0, 0.0), *(colors[k] for k in range(1, n))]),
+            BoundaryNorm(np.arange(n + 1) - 0.5, n))
 OVERLAY_ALPHA = 0.55
 
 
@@ -41,16 +57,16 @@ def tumour_slices(label: np.ndarray, quantiles: Sequence[float] = (0.25, 0.5, 0.
     return sorted({int(z) for z in picks})
 
 
-def _check_classes(volume: np.ndarray, what: str) -> np.ndarray:
+def _check_classes(volume: np.ndarray, what: str, num_classes: int) -> np.ndarray:
     """``volume`` as int array after checking it holds integer classes 0..3."""
     if volume.dtype == bool or not np.issubdtype(volume.dtype, np.number):
-        raise ValueError(f"{what} must hold integer classes 0..{NUM_CLASSES - 1}, got dtype {volume.dtype}")
+        raise ValueError(f"{what} must hold integer classes 0..{num_classes - 1}, got dtype {volume.dtype}")
     if not np.issubdtype(volume.dtype, np.integer) and not np.array_equal(volume, np.round(volume)):
-        raise ValueError(f"{what} must hold integer classes 0..{NUM_CLASSES - 1}, got non-integer values")
-    if volume.size and (volume.min() < 0 or volume.max() >= NUM_CLASSES):
+        raise ValueError(f"{what} must hold integer classes 0..{num_classes - 1}, got non-integer values")
+    if volume.size and (volume.min() < 0 or volume.max() >= num_classes):
         raise ValueError(
             f"{what} holds values {int(volume.min())}..{int(volume.max())}; expected model classes "
-            f"0..{NUM_CLASSES - 1} (map BraTS label 4 to 3 first)"
+            f"0..{num_classes - 1} (map BraTS label 4 to 3 first)"
         )
     return volume.astype(np.int64, copy=False)
 
@@ -70,6 +86,7 @@ def plot_segmentation_slices(
     slices: Sequence[int] | None = None,
     modality_names: Sequence[str] | None = None,
     title: str | None = None,
+    scheme: LabelScheme = CLASSIC,
 ) -> Path:
     """Grid of axial slices: rows = slices, columns = image, ground truth, one column per model.
 
@@ -82,6 +99,7 @@ def plot_segmentation_slices(
         modality_names: names of the image channels; the FLAIR channel is shown when named,
             else channel 0.
         title: optional figure title (e.g. the case id).
+        scheme: the data set's classes (their number, names and colours).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -92,7 +110,7 @@ def plot_segmentation_slices(
         raise ValueError(f"image must be (C, Z, Y, X), got shape {image.shape}")
     if label.shape != image.shape[1:]:
         raise ValueError(f"label has shape {label.shape}; expected {image.shape[1:]} (Z, Y, X) of the image")
-    label = _check_classes(label, "label")
+    label = _check_classes(label, "label", scheme.num_classes)
     preds: dict[str, np.ndarray] = {}
     for name, pred in predictions.items():
         pred = np.asarray(pred)
@@ -100,7 +118,7 @@ def plot_segmentation_slices(
             raise ValueError(
                 f"prediction of model '{name}' has shape {pred.shape}; expected {label.shape} (Z, Y, X) like the label"
             )
-        preds[str(name)] = _check_classes(pred, f"prediction of model '{name}'")
+        preds[str(name)] = _check_classes(pred, f"prediction of model '{name}'", scheme.num_classes)
 
     n_z = label.shape[0]
     rows = tumour_slices(label) if slices is None else [int(z) for z in slices]
@@ -127,6 +145,7 @@ def plot_segmentation_slices(
         vmax = vmin + 1.0
 
     overlays: dict[str, np.ndarray] = {"Ground truth": label, **preds}
+    cmap, norm = _label_colormap(scheme)
     n_cols = 1 + len(overlays)
     figsize = (2.6 * n_cols, 2.6 * len(rows) + 0.9)
     with drawing(path, len(rows), n_cols, figsize=figsize, style="white") as (fig, axes):
@@ -140,8 +159,8 @@ def plot_segmentation_slices(
                 if seg is not None:
                     ax.imshow(
                         np.ma.masked_equal(seg[z], 0),
-                        cmap=_LABEL_CMAP,
-                        norm=_LABEL_NORM,
+                        cmap=cmap,
+                        norm=norm,
                         alpha=OVERLAY_ALPHA,
                         origin="lower",
                         interpolation="nearest",
@@ -150,7 +169,8 @@ def plot_segmentation_slices(
                 ax.set_yticks([])
                 if r == 0:
                     ax.set_title(name, fontsize="medium")
-        handles = [Patch(color=CLASS_COLORS[k], label=CLASS_NAMES[k]) for k in sorted(CLASS_NAMES)]
+        colors = class_colors(scheme)
+        handles = [Patch(color=colors[k], label=name) for k, name in scheme.class_names.items()]
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
         if title:
             fig.suptitle(title)

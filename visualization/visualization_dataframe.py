@@ -54,7 +54,9 @@ PathLike = str | os.PathLike
 # Canonical modality order of the suite; used to order the x axis.
 MODALITY_ORDER: tuple[str, ...] = MODALITIES
 
-# Columns of the run folder's tables (experiment/run_folder.py) -> the labels drawn for them.
+# Columns of the run folder's tables (experiment/run_folder.py) -> the labels drawn for them. The regions
+# follow the data set (its regions are the tables' hd95_* columns, see region_columns); these constants are
+# those of BraTS 2018-2023 (WT, TC, ET).
 DICE_COLUMNS: dict[str, str] = {f"test_dice_{r}": name for r, name in REGION_NAMES.items()} | {
     "test_dice_mean": "Mean"}
 HD95_COLUMNS: dict[str, str] = {f"test_hd95_{r}": name for r, name in REGION_NAMES.items()}
@@ -62,6 +64,26 @@ PAM_COLUMNS: dict[str, str] = {"pam_train_mb": "Train", "pam_inference_mb": "Inf
 LATENCY_COLUMNS: dict[str, str] = {"latency_ms": "Latency"}
 PER_CASE_DICE_COLUMNS: dict[str, str] = {f"dice_{r}": name for r, name in REGION_NAMES.items()}
 PER_CASE_NSD_COLUMNS: dict[str, str] = {f"nsd_{r}": name for r, name in REGION_NAMES.items()}
+
+
+def table_regions(df: pd.DataFrame) -> list[str]:
+    """The regions of a run folder's table: WT, TC, ET (every data set has them), then every other region with an
+    HD95 column (``hd95_{r}``, ``test_hd95_{r}`` or ``test_hd95_{r}_mean``; class Dice columns have none)."""
+    out: list[str] = list(REGION_NAMES)
+    for column in df.columns:
+        name = str(column).removeprefix("test_")
+        if not name.startswith("hd95_"):
+            continue
+        region = name[5:].removesuffix("_mean")
+        if "_" not in region and region not in out:  # not _std, _ci_low ...
+            out.append(region)
+    return out
+
+
+def region_columns(df: pd.DataFrame, prefix: str, mean: str | None = None) -> dict[str, str]:
+    """``{prefix}{region}`` -> the region's label (``WT`` ...) for every region of ``df``, and ``mean`` -> "Mean"."""
+    columns = {f"{prefix}{r}": r.upper() for r in table_regions(df)}
+    return columns | ({mean: "Mean"} if mean else {})
 CI_SUFFIXES = ("_ci_low", "_ci_high")  # model_comparison.csv: bootstrap 95% CI of a mean over cases
 NOT_MEASURED = "not measured (no GPU)"
 
@@ -304,24 +326,26 @@ def plot_model_comparison(results_df: pd.DataFrame, path: PathLike) -> Path:
 
     The PAM and latency panels say "not measured" when their columns are empty (runs on CPU).
     """
+    dice_columns = region_columns(results_df, "test_dice_", mean="test_dice_mean")
+    hd95_columns = region_columns(results_df, "test_hd95_")
     summary = _summary_for(
         results_df,
-        required=[*DICE_COLUMNS, *HD95_COLUMNS],
+        required=[*dice_columns, *hd95_columns],
         optional=[*PAM_COLUMNS, *LATENCY_COLUMNS],
         what="results table",
     )
     width = min(max(12.0, 0.9 * len(summary) + 6.0), 40.0)
-    region_colors = dict(zip(DICE_COLUMNS.values(), sns.color_palette("Set2", len(DICE_COLUMNS))))
+    region_colors = dict(zip(dice_columns.values(), sns.color_palette("Set2", len(dice_columns))))
     # (columns, y label, title, text when no value was measured)
     panels: list[tuple[dict[str, str], str, str, str]] = [
-        (DICE_COLUMNS, "Dice", "Test Dice (mean ± std over seeds/folds)", "no values"),
-        (HD95_COLUMNS, "HD95 (mm)", "Test HD95 (mean ± std)", "no values"),
+        (dice_columns, "Dice", "Test Dice (mean ± std over seeds/folds)", "no values"),
+        (hd95_columns, "HD95 (mm)", "Test HD95 (mean ± std)", "no values"),
         (PAM_COLUMNS, "Peak activation memory (MB)", "PAM (GPU)", NOT_MEASURED),
         (LATENCY_COLUMNS, "Latency (ms, batch 1)", "Inference latency", "not measured"),
     ]
-    dice_ci = _ci_errors(summary, DICE_COLUMNS)
+    dice_ci = _ci_errors(summary, dice_columns)
     if dice_ci is not None:
-        panels[0] = (DICE_COLUMNS, "Dice", "Test Dice (mean, 95% bootstrap CI over cases)", "no values")
+        panels[0] = (dice_columns, "Dice", "Test Dice (mean, 95% bootstrap CI over cases)", "no values")
     with drawing(path, 2, 2, figsize=(width, 10.0)) as (fig, axes):
         for ax, (columns, ylabel, title, missing) in zip(axes.ravel(), panels):
             means = _stat_table(summary, columns, "mean")
@@ -329,7 +353,7 @@ def plot_model_comparison(results_df: pd.DataFrame, path: PathLike) -> Path:
                 _not_measured(ax, title, missing)
                 continue
             colors = region_colors if columns is not PAM_COLUMNS else None
-            use_ci = columns is DICE_COLUMNS and dice_ci is not None
+            use_ci = columns is dice_columns and dice_ci is not None
             errors = dice_ci if use_ci else _stat_table(summary, columns, "std")
             _grouped_bars(ax, means, errors, colors, ylabel, title)
         n_runs = summary["n_runs"].to_numpy(dtype=float)
@@ -442,8 +466,9 @@ def _fmt(value: float, spec: str, unit: str = "", missing: str = "not measured")
     return f"{value:{spec}}{unit}"
 
 
-def _hover_text(model: str, row: pd.Series) -> str:
-    """Multi-line plotly hover text with every headline number of one model."""
+def _hover_text(model: str, row: pd.Series, regions: Sequence[str]) -> str:
+    """Multi-line plotly hover text with every headline number of one model (Dice and HD95 of ``regions``)."""
+    names = "/".join(r.upper() for r in regions)
 
     def mean_std(metric: str, spec: str, unit: str = "", scale: float = 1.0) -> str:
         mean, std = row[f"{metric}_mean"] / scale, row[f"{metric}_std"] / scale
@@ -453,8 +478,8 @@ def _hover_text(model: str, row: pd.Series) -> str:
     lines = [
         f"<b>{html.escape(model)}</b> (runs: {_fmt(row['n_runs'], '.0f', missing='?')})",
         f"Dice mean {mean_std('test_dice_mean', '.3f')}",
-        "Dice WT/TC/ET " + " / ".join(_fmt(row[f"test_dice_{r}_mean"], ".3f") for r in ("wt", "tc", "et")),
-        "HD95 WT/TC/ET " + " / ".join(_fmt(row[f"test_hd95_{r}_mean"], ".1f") for r in ("wt", "tc", "et")),
+        f"Dice {names} " + " / ".join(_fmt(row[f"test_dice_{r}_mean"], ".3f") for r in regions),
+        f"HD95 {names} " + " / ".join(_fmt(row[f"test_hd95_{r}_mean"], ".1f") for r in regions),
         f"Params {mean_std('params', '.3f', ' M', 1e6)}",
         f"FLOPs {mean_std('flops', '.2f', ' G', 1e9)}",
         f"Latency {mean_std('latency_ms', '.1f', ' ms')}",
@@ -470,9 +495,10 @@ def write_interactive_3d_analysis(results_df: pd.DataFrame, path: PathLike) -> P
     The y axis is FLOPs when any model has them, else latency. plotly.js is inlined, so the file
     opens without a network connection.
     """
+    regions = table_regions(results_df)
     optional = [
-        *[c for c in DICE_COLUMNS if c != "test_dice_mean"],
-        *HD95_COLUMNS,
+        *[f"test_dice_{r}" for r in regions],
+        *[f"test_hd95_{r}" for r in regions],
         *PAM_COLUMNS,
         *LATENCY_COLUMNS,
         "flops",
@@ -499,7 +525,7 @@ def write_interactive_3d_analysis(results_df: pd.DataFrame, path: PathLike) -> P
                 mode="markers+text",
                 name=str(model),
                 text=[str(model)],
-                hovertext=[_hover_text(str(model), row)],
+                hovertext=[_hover_text(str(model), row, regions)],
                 hoverinfo="text",
                 marker={"size": 8, "color": f"rgb({r},{g},{b})", "line": {"width": 1, "color": "black"}},
                 error_z={"type": "data", "array": [dice_std], "visible": bool(math.isfinite(dice_std))},
@@ -592,12 +618,13 @@ def plot_per_case_dice(df: pd.DataFrame, path: PathLike) -> Path:
     """Distribution of the per-case test metrics per model and region, all seeds/folds pooled
     (``per_case_dice.png``): a box (quartiles, whiskers at 1.5 IQR) with every case drawn over it as
     a point, for the Dice of WT/TC/ET and, where the table has them, the NSD of WT/TC/ET (a second panel)."""
-    _require_columns(df, ["model", *PER_CASE_DICE_COLUMNS], "per-case results table")
+    dice_columns, nsd_columns = region_columns(df, "dice_"), region_columns(df, "nsd_")
+    _require_columns(df, ["model", *dice_columns], "per-case results table")
     data = df.assign(model=df["model"].astype(str))
     models = _models_in_order(data)
-    panels = [(PER_CASE_DICE_COLUMNS, "Per-case test Dice")]
-    if all(c in data.columns for c in PER_CASE_NSD_COLUMNS) and _has_values(data, list(PER_CASE_NSD_COLUMNS)):
-        panels.append((PER_CASE_NSD_COLUMNS, "Per-case test NSD"))
+    panels = [(dice_columns, "Per-case test Dice")]
+    if all(c in data.columns for c in nsd_columns) and _has_values(data, list(nsd_columns)):
+        panels.append((nsd_columns, "Per-case test NSD"))
     width = min(max(9.0, 1.0 * len(models) + 5.0), 40.0)
     with drawing(path, len(panels), 1, figsize=(width, 5.0 * len(panels))) as (fig, axes):
         for ax, (columns, ylabel) in zip(axes[:, 0], panels):
