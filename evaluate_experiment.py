@@ -30,6 +30,7 @@ from experiment.official_eval import (
     OfficialEvaluationError,
     run_official_evaluation,
 )
+from experiment.postprocess import PostprocessRule
 from experiment.run_folder import (
     EVALUATION_CSV,
     OFFICIAL_METRICS_CSV,
@@ -43,17 +44,21 @@ from utils.errors import first_line
 
 
 def evaluate_run(run_dir: str | Path, data_path: str | None = None, device: str = "auto",
-                 cache_dir: str | None = None) -> pd.DataFrame:
-    """Evaluate every ``*_best.pth`` of ``run_dir``; returns (and writes) the evaluation table."""
+                 cache_dir: str | None = None, postprocess: bool = True) -> pd.DataFrame:
+    """Evaluate every ``*_best.pth`` of ``run_dir`` (with its post-processing rule unless ``postprocess`` is False);
+    returns (and writes) the evaluation table."""
     run, cfg = RunFolder.open(run_dir, data_path=data_path, cache_dir=cache_dir)
     units = run.test_units()
     torch_device, cache = resolve_device(device), open_prepared_cache(cfg)
     rows, per_case = [], []
     for unit in units:
         ckpt, key = unit.checkpoint, unit.key.as_dict()
-        result = evaluate_checkpoint(ckpt, cfg, cache, unit.test_ids, torch_device, desc=f"evaluate {unit.path.name}")
+        result = evaluate_checkpoint(ckpt, cfg, cache, unit.test_ids, torch_device, postprocess=postprocess,
+                                     desc=f"evaluate {unit.path.name}")
+        rule = PostprocessRule.from_dict(ckpt.get("postprocess")) if postprocess else PostprocessRule()
         rows.append({**key, **result.summary(), "best_epoch": ckpt["epoch"],
-                     "best_val_dice": ckpt["best_val_dice"], "checkpoint": unit.path.name})
+                     "best_val_dice": ckpt["best_val_dice"], "checkpoint": unit.path.name,
+                     "postprocess_rule": rule.json()})
         per_case += [{**key, **r} for r in result.per_case]
     return run.write_evaluation(rows, per_case)
 
@@ -68,18 +73,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "truth as NIfTI under RUN_DIR/predictions/ (instead of re-evaluating)")
     p.add_argument("--official_eval", action="store_true", help="score RUN_DIR/predictions/ with the official BraTS "
                    f"evaluation -> {OFFICIAL_METRICS_CSV} (after --export_predictions, if given)")
+    p.add_argument("--no_postprocess", action="store_true", help="without the post-processing rule a run chose "
+                   "(--postprocess): the raw figures, and raw exported predictions")
     p.add_argument("--brats_eval_python", default=None, metavar="PATH",
                    help=f"python of the official package's environment (default {DEFAULT_BRATS_EVAL_PYTHON})")
     args = p.parse_args(argv)
     run = Path(args.results_dir)
     try:
         if not (args.export_predictions or args.official_eval):
-            table = evaluate_run(run, args.data_path, args.device, args.cache_dir)
+            table = evaluate_run(run, args.data_path, args.device, args.cache_dir, not args.no_postprocess)
             with pd.option_context("display.width", 200, "display.max_columns", 12):
                 print(table[UNIT_COLUMNS + TEST_METRIC_COLUMNS].to_string(index=False))
             print(f"written: {run / EVALUATION_CSV}")
         if args.export_predictions:
-            print(f"written: {export_run_predictions(run, args.data_path, args.cache_dir, args.device)}")
+            out = export_run_predictions(run, args.data_path, args.cache_dir, args.device,
+                                         postprocess=not args.no_postprocess)
+            print(f"written: {out}")
         if args.official_eval:
             table = run_official_evaluation(run, args.brats_eval_python)
             names = (f"{m}_{r}" for m in ("lesionwise_dsc_mean", "global_dsc") for r in ("wt", "tc", "et"))

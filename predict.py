@@ -40,12 +40,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sw_batch_size", type=int, default=None, help="windows per forward (default: the run's)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--overwrite", action="store_true", help="replace predictions already in --output")
+    p.add_argument("--no_postprocess", action="store_true", help="do not apply the checkpoints' post-processing rule "
+                   "(chosen by --postprocess; applied when the chosen checkpoints share one)")
     args = p.parse_args(argv)
     try:
         summary = predict_folder(
             args.run_dir, args.input, args.output, models=args.models, seeds=args.seeds, folds=args.folds,
             tta=args.tta, save_probabilities=args.save_probabilities, overlap=args.overlap,
-            sw_batch_size=args.sw_batch_size, device=args.device, overwrite=args.overwrite)
+            sw_batch_size=args.sw_batch_size, device=args.device, overwrite=args.overwrite,
+            postprocess=not args.no_postprocess)
     except (BadCaseError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ from monai.inferers import sliding_window_inference  # noqa: E402
 from monai.networks.nets import DynUNet  # noqa: E402
 
 from experiment.config import ExperimentConfig  # noqa: E402
-from experiment.data import build_train_loader, prepare_data  # noqa: E402
+from experiment.data import prepare_data  # noqa: E402
 from experiment.efficiency import count_flops, measure_efficiency  # noqa: E402
 from experiment.predictor import cosine_weight_map, sliding_window_predict  # noqa: E402
 from experiment.run_folder import RunFolder, UnitKey  # noqa: E402
@@ -78,27 +78,29 @@ def dynunet(in_ch: int, width_div: int = 1) -> torch.nn.Module:
 
 
 def loop_vs_bare(model_name: str, patch: tuple[int, ...], volume: tuple[int, ...], device: torch.device,
-                 steps: int, workers: int, root: Path) -> tuple[float, float, int]:
-    """Seconds per step of the suite's training epoch (real cache and loader, checks included) and of
-    the bare step of the same trainer on one resident batch; returns (loop, bare, steps timed)."""
+                 steps: int, workers: int, root: Path, augmentation: str = "flips") -> tuple[float, float, int]:
+    """Seconds per step of the suite's training epoch (real cache and loader, checks included; with
+    ``augmentation="nnunet"`` the loader's larger regions and the augmentation on the device) and of the bare step
+    of the same trainer on one resident, already augmented batch; returns (loop, bare, steps timed)."""
     n_cases = 4
     cfg = ExperimentConfig(data_path=str(root), dataset_version="synthetic", synthetic_cases=n_cases,
                            synthetic_shape=list(volume[::-1]), dim="3d", models=[model_name], patch_size=list(patch),
                            batch_size=1, num_workers=workers, patches_per_case=max(1, steps // n_cases), epochs=2,
-                           device=device.type, measure_efficiency=False)
+                           device=device.type, measure_efficiency=False, augmentation=augmentation)
     ctx = du.init_distributed(cfg.device)
     cache, _ = prepare_data(cfg, ctx)
     split = {"train": list(cache.case_ids), "val": [], "test": []}
     trainer = UnitTrainer(model_name, cfg, cache, split, UnitKey(model_name, 0, 0), RunFolder.create(root / "runs"),
                           ctx)
-    loader, _, _ = build_train_loader(cfg, cache, split["train"], trainer.modalities, 0, ctx)
+    loader = trainer.build_train_loader()  # the trainer's own: larger regions with the nnunet augmentation
     trainer.train_epoch(loader, 0)  # warm-up: worker start, cuDNN autotuning, allocator
     t0 = time.perf_counter()
     trainer.train_epoch(loader, 1)  # ends with a host read of the reduced loss: the GPU is done
     n = len(loader)
     t_loop = (time.perf_counter() - t0) / n
     image, label = next(iter(loader))
-    image, label = image.to(device), label.to(device)
+    image, label = trainer.batch_transform(image.to(device), label.to(device).long())
+    trainer.augment = None  # the bare step: the augmented batch, resident
     times = []
     for _ in range(n):
         sync(device)
@@ -193,6 +195,11 @@ def main() -> None:
         print(f"loop: {t_loop * 1e3:.1f} ms/step over {n} steps of UnitTrainer.train_epoch "
               f"({args.workers if not args.quick else 0} workers) vs {t_bare * 1e3:.1f} ms bare: {loop_fraction:.2%}",
               flush=True)
+        t_aug, t_bare_aug, n = loop_vs_bare(args.model, patch, volume, device, loop_steps,
+                                            0 if args.quick else args.workers, Path(tmp) / "nnunet", "nnunet")
+        aug_fraction = t_bare_aug / t_aug
+        print(f"loop with --augmentation nnunet: {t_aug * 1e3:.1f} ms/step over {n} steps vs {t_bare_aug * 1e3:.1f} ms "
+              f"bare: {aug_fraction:.2%}", flush=True)
 
     # 4. sliding window over a whole volume
     t_sw, t_monai = sliding_window_ratio(ours, volume, patch, device, amp, rounds=1 if args.quick else 5)
@@ -208,7 +215,8 @@ def main() -> None:
         efficiency_table([args.model] if args.quick else TABLE_MODELS, patch, device)
 
     print(f"dynunet_flops_ratio={flops_ratio:.3f} compile_speedup={t_ours / t_comp:.3f} "
-          f"loop_vs_bare={loop_fraction:.3f} sliding_window_vs_monai={sw_ratio:.3f}")
+          f"loop_vs_bare={loop_fraction:.3f} loop_vs_bare_nnunet={aug_fraction:.3f} "
+          f"sliding_window_vs_monai={sw_ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -210,17 +210,23 @@ class DatasetDef:
 
 
 # ----------------------------------------------------------------------------- the label schemes
-def _scheme(classes: list[tuple[str, str]], regions: list[tuple[str, tuple[int, ...]]]) -> LabelScheme:
-    return LabelScheme(tuple(ClassDef(k, t) for k, t in classes), tuple(RegionDef(k, c) for k, c in regions))
+def _scheme(classes: list[tuple[str, str]], regions: list[tuple[str, tuple[int, ...]]],
+            region_order: tuple[tuple[str, int], ...]) -> LabelScheme:
+    return LabelScheme(tuple(ClassDef(k, t) for k, t in classes), tuple(RegionDef(k, c) for k, c in regions),
+                       region_order=region_order)
 
 
 NETC, SNFH, ET, RC, CC, ED = ("netc", "NETC"), ("snfh", "SNFH"), ("et", "ET"), ("rc", "RC"), ("cc", "CC"), ("ed", "ED")
+# region_order (region-based training): the nested WT > TC > ET paint SNFH/ED, NETC, ET; the disjoint RC and the
+# cyst (inside PED's core, beside ET) paint their own class.
+_GLI_ORDER = (("wt", 2), ("tc", 1), ("et", 3))
 GLI_POST = _scheme([NETC, SNFH, ET, RC], [("wt", (1, 2, 3)), ("tc", (1, 3)), ("et", (3,)), ("netc", (1,)),
-                                           ("snfh", (2,)), ("rc", (4,))])
-MET = _scheme([NETC, SNFH, ET, RC], [("wt", (1, 2, 3)), ("tc", (1, 3)), ("et", (3,)), ("rc", (4,))])
-MEN = _scheme([NETC, SNFH, ET], [("wt", (1, 2, 3)), ("tc", (1, 3)), ("et", (3,))])
+                                           ("snfh", (2,)), ("rc", (4,))], (*_GLI_ORDER, ("rc", 4)))
+MET = _scheme([NETC, SNFH, ET, RC], [("wt", (1, 2, 3)), ("tc", (1, 3)), ("et", (3,)), ("rc", (4,))],
+              (*_GLI_ORDER, ("rc", 4)))
+MEN = _scheme([NETC, SNFH, ET], [("wt", (1, 2, 3)), ("tc", (1, 3)), ("et", (3,))], _GLI_ORDER)
 PED = _scheme([ET, NETC, CC, ED], [("wt", (1, 2, 3, 4)), ("tc", (1, 2, 3)), ("et", (1,)), ("netc", (2,)),
-                                   ("cc", (3,)), ("ed", (4,))])
+                                   ("cc", (3,)), ("ed", (4,))], (("wt", 4), ("tc", 2), ("cc", 3), ("et", 1)))
 
 
 def _identity(n: int) -> tuple[tuple[int, int], ...]:

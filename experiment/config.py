@@ -30,6 +30,10 @@ from utils.io import read_json
 CONFIG_JSON = "config.json"  # re-exported by run_folder, which owns every file name
 DEFAULT_DATA_PATH = os.environ.get("BRATS_DATA_PATH", "./data")
 LOSSES = ("nnunet", "standard")
+OPTIMIZERS = ("adamw", "sgd")
+AUGMENTATIONS = ("flips", "nnunet")
+DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
+DEFAULT_WEIGHT_DECAY = {"adamw": 1e-5, "sgd": 3e-5}
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 
 # What a later command may change about an existing run: where and how it runs, never what it is.
@@ -116,7 +120,20 @@ class ExperimentConfig:
                               group="training")
     sync_bn: bool = option(True, "do not convert BatchNorm to SyncBatchNorm under torchrun on GPUs",
                            group="training", flag="--no_sync_bn")
-    lr: float = option(1e-3, "AdamW learning rate (polynomial decay, power 0.9)", group="training")
+    optimizer: str = option("adamw", "adamw (weight decay 1e-5), or sgd: nnU-Net's SGD with Nesterov momentum 0.99 "
+                            "and weight decay 3e-5; both with polynomial decay (power 0.9) over the epochs",
+                            group="training", choices=OPTIMIZERS)
+    lr: float | None = option(None, "initial learning rate (default: 1e-3 with adamw, 1e-2 with sgd, nnU-Net's)",
+                              group="training", type=float)
+    augmentation: str = option("flips", "flips: random flips on every axis (in the loader); nnunet: nnU-Net v2's "
+                               "rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma and "
+                               "mirroring, batched on the device (README 'Training recipe')", group="training",
+                               choices=AUGMENTATIONS)
+    region_based: bool = option(False, "train the data set's regions (BraTS: WT, TC, ET) with sigmoid outputs and "
+                                "Dice + BCE; labels painted back in nnU-Net's order", group="training")
+    postprocess: bool = option(False, "after training, choose on the unit's validation cases an ET-volume threshold "
+                               "(0-750 voxels) and small-component removals; applied at test, export and predict.py",
+                               group="training")
     loss: str = option("nnunet", group="training", flags={
         "--use_nnunet_loss": ("nnunet", "Dice 70%% + CE 30%% (the default)"),
         "--use_standard_loss": ("standard", "Dice 50%% + CE 50%%")})
@@ -143,14 +160,16 @@ class ExperimentConfig:
     measure_efficiency: bool = option(True, "skip FLOPs/PAM/latency measurement", flag="--no_efficiency")
     gradcam: bool = option(False, "Grad-CAM slice overlays of the first test case per model (MONAI)")
     # configuration only (no flag)
-    weight_decay: float = 1e-5
+    weight_decay: float | None = None  # default: 1e-5 with adamw, 3e-5 with sgd (nnU-Net's)
+    augmentation_params: dict[str, Any] | None = None  # the nnunet augmentation's ranges, recorded when a run opens
     dataset: dict[str, Any] | None = None  # the data set's record (DatasetDef.to_dict()), filled when a run opens
 
     def __post_init__(self) -> None:
         if self.dim not in ("2d", "3d"):
             raise ValueError(f"--dim must be 2d or 3d, got {self.dim!r}")
         choices = {"dataset_version": DATASET_VERSIONS, "loss": LOSSES, "amp": AMP_MODES,
-                   "sharing_strategy": ("file_descriptor", "file_system"), "synthetic_task": SYNTHETIC_TASKS}
+                   "sharing_strategy": ("file_descriptor", "file_system"), "synthetic_task": SYNTHETIC_TASKS,
+                   "optimizer": OPTIMIZERS, "augmentation": AUGMENTATIONS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -166,6 +185,12 @@ class ExperimentConfig:
         if len(self.patch_size) not in (2, 3) or (self.dim == "3d" and len(self.patch_size) != 3):
             raise ValueError(f"--patch_size takes Z Y X (3 values; 2D also Y X), got {list(self.patch_size)}")
         self.seeds = [int(s) for s in self.seeds]
+        if self.lr is None:
+            self.lr = DEFAULT_LR[self.optimizer]
+        if self.weight_decay is None:
+            self.weight_decay = DEFAULT_WEIGHT_DECAY[self.optimizer]
+        if self.lr <= 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
         self.patch_size = [int(p) for p in self.patch_size]
 
     @property
@@ -206,6 +231,12 @@ class ExperimentConfig:
             cached = (self.dataset, DatasetDef.from_dict(self.dataset))
             self.__dict__["_dataset_def"] = cached
         return cached[1]
+
+    def output_channels(self) -> int:
+        """The model's output channels: the data set's classes (with background), or its regions with
+        ``--region_based`` (``scheme.region_order``)."""
+        scheme = self.dataset_def().scheme
+        return scheme.region_channels if self.region_based else scheme.num_classes
 
     def resolved_amp(self, device: torch.device) -> str:
         if device.type != "cuda":

@@ -174,13 +174,16 @@ def training_budget(cfg: ExperimentConfig, n_train: int, world_size: int) -> dic
 
 def build_train_loader(
     cfg: ExperimentConfig, cache: Any, case_ids: Sequence[str], modalities: Sequence[str], seed: int,
-    ctx: du.DistContext,
+    ctx: du.DistContext, *, patch: Sequence[int] | None = None, flips: bool = True,
 ) -> tuple[DataLoader, DistributedSampler, Any]:
-    """Loader of training patches (3D) or slices (2D), sharded by a DistributedSampler (also in one process)."""
+    """Loader of training patches (3D) or slices (2D), sharded by a DistributedSampler (also in one process).
+
+    ``patch`` (default the run's) is the region the loader crops: larger than the training patch when an
+    augmentation on the device cuts the patch from its centre; ``flips``: random flips in the loader."""
     n_samples = samples_per_epoch(cfg, len(case_ids), ctx.world_size)
     cls = brats_data.SliceDataset if cfg.dim == "2d" else brats_data.PatchDataset
-    dataset = cls(cache, list(case_ids), list(modalities), cfg.spatial_patch, samples_per_epoch=n_samples,
-                  seed=seed)
+    dataset = cls(cache, list(case_ids), list(modalities), tuple(patch or cfg.spatial_patch),
+                  samples_per_epoch=n_samples, flips=flips, seed=seed)
     sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
     workers = cfg.num_workers
     loader = DataLoader(

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from experiment.postprocess import PostprocessRule, case_table, checkpoint_rule, choose_rule, rule_hook
 from experiment.predictor import InferenceSettings, Predictor
 from metrics import (
     brats_region_metrics,
@@ -149,13 +150,29 @@ def validation_dice(predictor: Predictor, cache: Any, case_ids: Sequence[str], s
 
 
 def evaluate_checkpoint(checkpoint: Mapping[str, Any], cfg: Any, cache: Any, case_ids: Sequence[str],
-                        device: torch.device, *, keep_first_prediction: bool = False,
+                        device: torch.device, *, keep_first_prediction: bool = False, postprocess: bool = True,
                         desc: str | None = None) -> EvaluationResult:
-    """Score the network of ``checkpoint`` (``model_name`` + ``state_dict``) on ``case_ids`` with the run's
-    prediction settings and data set (``cfg``: ExperimentConfig)."""
+    """Score the network of ``checkpoint`` (``model_name`` + ``state_dict``; ``num_classes``, ``region_based``,
+    ``postprocess`` where saved) on ``case_ids`` with the run's prediction settings and data set (``cfg``:
+    ExperimentConfig); the checkpoint's post-processing rule is applied unless ``postprocess`` is False."""
     scheme = cfg.dataset_def().scheme
+    rule = checkpoint_rule([dict(checkpoint)]) if postprocess else None
     predictor = Predictor.from_checkpoints([checkpoint], InferenceSettings.from_config(cfg, device),
-                                           num_classes=scheme.num_classes)
+                                           postprocess=rule_hook(rule, scheme))
     return evaluate_model(predictor, cache, case_ids, nsd_tolerance=cfg.nsd_tolerance, scheme=scheme,
                           keep_first_prediction=keep_first_prediction,
                           desc=desc or f"test {checkpoint['model_name']}")
+
+
+def choose_postprocess(checkpoint: Mapping[str, Any], cfg: Any, cache: Any, case_ids: Sequence[str],
+                       device: torch.device) -> tuple[PostprocessRule, float, float]:
+    """``--postprocess``: the rule chosen on ``case_ids`` (a unit's validation cases) for the network of
+    ``checkpoint``: (rule, mean validation Dice with it, without it). Every rank scores its share of the cases
+    and returns the same rule (experiment/postprocess.py)."""
+    scheme = cfg.dataset_def().scheme
+    predictor = Predictor.from_checkpoints([checkpoint], InferenceSettings.from_config(cfg, device))
+
+    def one_case(case_id: str) -> list[tuple[float, float, int]]:
+        return case_table(predictor.labels(cache.image(case_id)), np.asarray(cache.label(case_id)), scheme)
+
+    return choose_rule(shard_and_gather(list(case_ids), one_case), scheme)

@@ -34,12 +34,13 @@ from tqdm.auto import tqdm
 from brats_data import CaseRecord, find_input_cases, preprocess_case, unmap_labels
 from brats_data.definitions import DatasetDef
 from experiment.data import open_prepared_cache
+from experiment.postprocess import checkpoint_rule, rule_hook
 from experiment.predictor import InferenceSettings, Predictor
 from experiment.run_folder import RunFolder
 from utils.checkpoint import BEST_KEYS, load_checkpoint
 from utils.distributed import resolve_device
 from utils.io import atomic_output
-from utils.labels import MODALITIES
+from utils.labels import MODALITIES, LabelScheme
 
 
 # ----------------------------------------------------------------------------- NIfTI output
@@ -71,11 +72,18 @@ def write_segmentation(labels: np.ndarray, like: str | Path, path: str | Path) -
         nib.save(image, str(tmp))
 
 
-def write_probabilities(probs: np.ndarray, dataset: DatasetDef | str, path: str | Path) -> None:
-    """Class probabilities (K, Z, Y, X) as ``.npz``: ``probabilities`` float16 (K, X, Y, Z), the array order of
-    the NIfTI files, and ``labels``, the label value of each channel in the data set's convention."""
-    payload = {"probabilities": np.ascontiguousarray(probs.transpose(0, 3, 2, 1)).astype(np.float16),
-               "labels": unmap_labels(np.arange(probs.shape[0]), dataset)}
+def write_probabilities(probs: np.ndarray, dataset: DatasetDef | str, path: str | Path,
+                        regions: LabelScheme | None = None) -> None:
+    """Probabilities (K, Z, Y, X) as ``.npz``: ``probabilities`` float16 (K, X, Y, Z), the array order of the NIfTI
+    files, and ``labels``, the label value of each channel in the data set's convention. For a region-based model
+    (``regions``: its scheme) the channels are regions: ``regions`` names them and ``labels`` holds the value each
+    one paints (``region_order``)."""
+    payload = {"probabilities": np.ascontiguousarray(probs.transpose(0, 3, 2, 1)).astype(np.float16)}
+    if regions is None:
+        payload["labels"] = unmap_labels(np.arange(probs.shape[0]), dataset)
+    else:
+        payload["regions"] = np.array([key for key, _ in regions.region_order])
+        payload["labels"] = unmap_labels(np.array([cls for _, cls in regions.region_order]), dataset)
     with atomic_output(path, suffix=".npz") as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **payload)
 
@@ -105,11 +113,13 @@ class PredictionSummary:
     checkpoints: list[str]
     seconds: float
     tta: bool
+    postprocess: str = "none"
 
     def line(self) -> str:
         per_case = self.seconds / max(self.n_cases, 1)
+        rule = f", post-processing: {self.postprocess}" if self.postprocess != "none" else ""
         return (f"predicted {self.n_cases} case(s) with {len(self.checkpoints)} checkpoint(s)"
-                f"{' x mirroring' if self.tta else ''} in {self.seconds:.1f} s ({per_case:.2f} s per case) -> "
+                f"{' x mirroring' if self.tta else ''}{rule} in {self.seconds:.1f} s ({per_case:.2f} s per case) -> "
                 f"{self.output}")
 
 
@@ -117,11 +127,13 @@ def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str |
                    models: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                    folds: Sequence[int] | None = None, tta: bool = False, save_probabilities: bool = False,
                    overlap: float | None = None, sw_batch_size: int | None = None, device: str = "auto",
-                   overwrite: bool = False, progress: bool = True) -> PredictionSummary:
+                   overwrite: bool = False, progress: bool = True, postprocess: bool = True) -> PredictionSummary:
     """Segment every case of ``input_dir`` with the ensemble of the chosen best checkpoints of ``run_dir``:
     ``OUT/{case_id}.nii.gz`` (and ``OUT/{case_id}.npz`` with ``save_probabilities``).
 
-    Several ``models`` make one ensemble: every selected checkpoint weighs the same in the mean softmax.
+    Several ``models`` make one ensemble: every selected checkpoint weighs the same in the mean softmax (the mean
+    sigmoid of region-based checkpoints). The checkpoints' post-processing rule (``--postprocess``) is applied
+    when they all have the same one (one checkpoint; or units that share a rule) unless ``postprocess`` is False.
     An output folder that already holds ``.nii.gz`` files is refused unless ``overwrite``.
     """
     out = Path(output_dir)
@@ -139,8 +151,10 @@ def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str |
     dataset = cfg.dataset_def()
     cases = find_input_cases(input_dir, prefer=dataset)
     paths = run.select_checkpoints(models, seeds, folds)
-    predictor = Predictor.from_checkpoints([load_checkpoint(p, BEST_KEYS) for p in paths], settings,
-                                           [p.name for p in paths])
+    checkpoints = [load_checkpoint(p, BEST_KEYS) for p in paths]
+    rule = checkpoint_rule(checkpoints) if postprocess else None
+    predictor = Predictor.from_checkpoints(checkpoints, settings, [p.name for p in paths],
+                                           postprocess=rule_hook(rule, dataset.scheme))
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
@@ -149,24 +163,29 @@ def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str |
         writer = written_as(case, dataset)
         write_segmentation(writer.unmap_labels(uncrop(labels, box, shape)), case.image_paths[MODALITIES[0]],
                            out / f"{case.case_id}.nii.gz")
-        if probs is not None:
-            background = np.eye(len(probs), 1, dtype=np.float32)[:, 0]  # outside the crop: background, certain
-            write_probabilities(uncrop(probs, box, shape, background), writer, out / f"{case.case_id}.npz")
-    return PredictionSummary(out, len(cases), [p.name for p in paths], time.perf_counter() - start, tta)
+        if probs is not None:  # outside the crop: background, certain (no region)
+            background = np.eye(len(probs), 1, dtype=np.float32)[:, 0] if predictor.regions is None else 0.0
+            write_probabilities(uncrop(probs, box, shape, background), writer, out / f"{case.case_id}.npz",
+                                predictor.regions)
+    return PredictionSummary(out, len(cases), [p.name for p in paths], time.perf_counter() - start, tta,
+                             rule.describe() if rule else "none")
 
 
 # ----------------------------------------------------------------------------- evaluate_experiment.py
 def export_run_predictions(run_dir: str | Path, data_path: str | None = None, cache_dir: str | None = None,
-                           device: str = "auto", progress: bool = True) -> Path:
+                           device: str = "auto", progress: bool = True, postprocess: bool = True) -> Path:
     """Every best checkpoint's test predictions as ``RUN/predictions/{unit}/{case_id}.nii.gz`` (from the run's
-    cache and settings, as its evaluation predicts them) and the ground truth of those cases as
-    ``RUN/predictions/references/{case_id}.nii.gz``; returns ``RUN/predictions``."""
+    cache and settings, as its evaluation predicts them, with the unit's post-processing rule unless
+    ``postprocess`` is False) and the ground truth of those cases as ``RUN/predictions/references/{case_id}.nii.gz``;
+    returns ``RUN/predictions``."""
     run, cfg = RunFolder.open(run_dir, data_path=data_path, cache_dir=cache_dir)
     settings = InferenceSettings.from_config(cfg, resolve_device(device))
     cache, dataset = open_prepared_cache(cfg, progress=progress), cfg.dataset_def()
     for unit in run.test_units():
         name = run.unit(unit.key)
-        predictor = Predictor.from_checkpoints([unit.checkpoint], settings, [name], dataset.num_classes)
+        rule = checkpoint_rule([unit.checkpoint]) if postprocess else None
+        predictor = Predictor.from_checkpoints([unit.checkpoint], settings, [name],
+                                               postprocess=rule_hook(rule, dataset.scheme))
         for case_id in tqdm(unit.test_ids, desc=f"export {name}", unit="case", disable=not progress):
             meta = cache.meta(case_id)
             labels = predictor.labels(cache.image(case_id))

@@ -31,7 +31,7 @@ import torch
 from experiment.config import ExperimentConfig, resume_config
 from experiment.data import make_all_splits, prepare_data, training_budget
 from experiment.efficiency import count_parameters, measure_efficiency
-from experiment.evaluation import EvaluationResult, evaluate_checkpoint
+from experiment.evaluation import EvaluationResult, choose_postprocess, evaluate_checkpoint
 from experiment.run_folder import EFFICIENCY_KEYS, LOG_FILE, RESULTS_CSV, RunFolder, UnitKey
 from experiment.training import STOP, Interrupted, TrainResult, train_model, trainer_class
 from models import get_model, model_spec
@@ -157,6 +157,10 @@ def add_log_file(path: Path) -> None:
 def preflight(cfg: ExperimentConfig) -> None:
     """Fail before any work on what the registry or the disk can already tell."""
     trainer_class(cfg.trainer)  # an unknown trainer or an import path that does not import
+    if cfg.augmentation == "nnunet" and cfg.augmentation_params is None:  # recorded in config.json
+        from experiment.augmentation import NNUNET_PARAMS
+
+        cfg.augmentation_params = dict(NNUNET_PARAMS)
     dataset = cfg.dataset_def()  # MSD/nnU-Net: their dataset.json must map
     for name in cfg.model_names:
         # the registry checks the name, the dim and the patch size
@@ -260,7 +264,8 @@ def _write_unit(state: RunState, key: UnitKey, result: TrainResult, evaluation: 
     row = {**evaluation.summary(), **{k: values.get(k, np.nan) for k in EFFICIENCY_KEYS},
            "best_epoch": result.best_epoch, "best_val_dice": result.best_val_dice,
            "steps_per_epoch": result.steps_per_epoch, "total_steps": result.steps_per_epoch * state.cfg.epochs,
-           "world_size": state.ctx.world_size, "ranks_in_sync": result.ranks_in_sync, "efficiency_notes": notes}
+           "world_size": state.ctx.world_size, "ranks_in_sync": result.ranks_in_sync, "efficiency_notes": notes,
+           **result.postprocess}
     state.run.write_unit(key, row, evaluation.per_case, evaluation.confusion, evaluation.modality_weights)
     log.info("[%s seed %d fold %d] test Dice WT/TC/ET %.3f/%.3f/%.3f", key.model, key.seed, key.fold,
              row["test_dice_wt"], row["test_dice_tc"], row["test_dice_et"])
@@ -290,9 +295,19 @@ def run_unit(state: RunState, key: UnitKey, split: dict[str, list[str]]) -> bool
     try:
         result = train_model(key.model, cfg, state.cache, split, key.seed, key.fold, run, ctx,
                              on_epoch_end=on_epoch_end, on_progress=on_progress if state.callbacks else None)
-        evaluation = evaluate_checkpoint({"model_name": key.model, "state_dict": result.best_state,
-                                          "num_classes": cfg.dataset_def().num_classes}, cfg,
-                                         state.cache, split["test"], ctx.device, keep_first_prediction=True)
+        checkpoint = {"model_name": key.model, "state_dict": result.best_state, "num_classes": cfg.output_channels(),
+                      "region_based": cfg.region_based, "dataset": cfg.dataset}
+        if cfg.postprocess:  # chosen on the unit's validation cases, before the test
+            rule, with_rule, without = choose_postprocess(checkpoint, cfg, state.cache, split["val"], ctx.device)
+            checkpoint["postprocess"] = rule.to_dict()
+            result.postprocess = {"postprocess_rule": rule.json(), "postprocess_val_dice": with_rule,
+                                  "raw_val_dice": without}
+            if ctx.is_main:
+                run.record_postprocess(key, rule.to_dict())
+                log.info("[%s] post-processing: %s (validation mean Dice %.4f -> %.4f)", run.unit(key),
+                         rule.describe(), without, with_rule)
+        evaluation = evaluate_checkpoint(checkpoint, cfg, state.cache, split["test"], ctx.device,
+                                         keep_first_prediction=True)
         efficiency = _efficiency_on_main(state, key.model)
     except Interrupted:
         raise

@@ -35,9 +35,10 @@ import torch.nn as nn
 from monai.inferers import sliding_window_inference
 
 from brats_data import modality_indices
+from losses.regions import paint_regions
 from models import get_model, model_spec
 from utils.checkpoint import unwrap_model
-from utils.labels import NUM_CLASSES
+from utils.labels import CLASSIC, NUM_CLASSES, LabelScheme
 from utils.runtime import autocast_context
 
 SLICES_PER_FORWARD = 32  # 2D: axial slices handed to the sliding window at once
@@ -151,20 +152,31 @@ def model_from_checkpoint(checkpoint: Mapping[str, Any], dim: str, patch: Sequen
 @dataclass
 class Member:
     """One network of a predictor: the bare module, the module that runs the windows (compiled or the
-    same), and the channels of the canonical (4, Z, Y, X) input it reads (``None``: every channel)."""
+    same), the channels of the canonical (4, Z, Y, X) input it reads (``None``: every channel), and for a
+    region-based network the scheme whose ``region_order`` its sigmoid channels are (``None``: softmax classes)."""
 
     name: str
     model: nn.Module
     net: nn.Module
     channels: list[int] | None
+    regions: LabelScheme | None = None
 
 
-def _member(model: nn.Module, modalities: Sequence[str] | None, settings: InferenceSettings, name: str) -> Member:
+def _member(model: nn.Module, modalities: Sequence[str] | None, settings: InferenceSettings, name: str,
+            regions: LabelScheme | None = None) -> Member:
     bare = unwrap_model(model)
     # gated multi-branch models are never compiled: their modality weights are read by a forward hook
     net = torch.compile(bare) if settings.compile and not hasattr(bare, "modality_weights") else bare
     channels = None if modalities is None else modality_indices(modalities)
-    return Member(name or type(bare).__name__, bare, net, channels)
+    return Member(name or type(bare).__name__, bare, net, channels, regions)
+
+
+def checkpoint_regions(checkpoint: Mapping[str, Any]) -> LabelScheme | None:
+    """The scheme of a region-based checkpoint (``region_based`` and its data set's record), else None."""
+    if not checkpoint.get("region_based"):
+        return None
+    dataset = checkpoint.get("dataset") or (checkpoint.get("config") or {}).get("dataset")
+    return LabelScheme.from_dict(dataset["scheme"]) if dataset else CLASSIC
 
 
 # ----------------------------------------------------------------------------- the predictor
@@ -175,29 +187,36 @@ class Predictor:
                  postprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         if not members:
             raise ValueError("a predictor needs at least one network")
+        if len({None if m.regions is None else m.regions.region_order for m in members}) > 1:
+            raise ValueError("an ensemble mixes region-based (sigmoid) and class (softmax) networks, or different "
+                             "regions: their probabilities cannot be averaged")
         self.members, self.settings = list(members), settings
         self._postprocess = postprocess
         self._weight_map = cosine_weight_map(settings.patch).to(settings.device)
 
     @classmethod
     def from_model(cls, model: nn.Module, modalities: Sequence[str] | None, settings: InferenceSettings,
-                   name: str = "") -> Predictor:
+                   name: str = "", regions: LabelScheme | None = None) -> Predictor:
         """A live model (DDP/compile wrappers are taken off; its weights are shared, not copied), reading
-        ``modalities`` of the canonical input (``None``: the input holds exactly the model's channels)."""
-        return cls([_member(model, modalities, settings, name)], settings)
+        ``modalities`` of the canonical input (``None``: the input holds exactly the model's channels); a
+        region-based model gives ``regions``, the scheme whose ``region_order`` its channels follow."""
+        return cls([_member(model, modalities, settings, name, regions)], settings)
 
     @classmethod
     def from_checkpoints(cls, checkpoints: Sequence[Mapping[str, Any]], settings: InferenceSettings,
-                         names: Sequence[str] | None = None, num_classes: int | None = None) -> Predictor:
+                         names: Sequence[str] | None = None, num_classes: int | None = None,
+                         postprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> Predictor:
         """An ensemble of checkpoints (each ``model_name`` + ``state_dict``; one checkpoint is a plain
-        predictor), every network in eval mode on the settings' device; each weighs the same."""
+        predictor), every network in eval mode on the settings' device; each weighs the same (softmax classes or,
+        for region-based checkpoints, sigmoid regions, averaged). ``postprocess``: the label rule to apply."""
         members = []
         for i, ckpt in enumerate(checkpoints):
             model = model_from_checkpoint(ckpt, settings.dim, settings.patch, num_classes)
             model = model.to(settings.device).eval()
             name = names[i] if names else ckpt["model_name"]
-            members.append(_member(model, model_spec(ckpt["model_name"]).modalities, settings, name))
-        return cls(members, settings)
+            members.append(_member(model, model_spec(ckpt["model_name"]).modalities, settings, name,
+                                   checkpoint_regions(ckpt)))
+        return cls(members, settings, postprocess)
 
     @property
     def model(self) -> nn.Module:
@@ -239,10 +258,19 @@ class Predictor:
         member.model.eval()
         return self._volume_logits(member.net, self._input(image, member))
 
+    @property
+    def regions(self) -> LabelScheme | None:
+        """The scheme of region-based members (their channels are its ``region_order``), None for softmax classes."""
+        return self.members[0].regions
+
+    def _activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits) if self.regions is not None else torch.softmax(logits, 0)
+
     def probabilities(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Class probabilities (K, Z, Y, X) on the device: the softmax averaged over members and mirrorings."""
+        """Probabilities (K, Z, Y, X) on the device, averaged over members and mirrorings: class softmax, or for
+        region-based members the sigmoid of each region of ``region_order``."""
         if self.single_forward:
-            return torch.softmax(self.logits(image), 0)
+            return self._activate(self.logits(image))
         flips = mirror_axes(self.settings.dim) if self.settings.mirror else [()]
         total, inputs = None, {}
         for member in self.members:
@@ -252,23 +280,24 @@ class Predictor:
                 inputs[key] = self._input(image, member)
             x = inputs[key]
             for axes in flips:
-                p = torch.softmax(self._volume_logits(member.net, x.flip(axes) if axes else x), 0)
+                p = self._activate(self._volume_logits(member.net, x.flip(axes) if axes else x))
                 p = p.flip(axes) if axes else p
                 total = p if total is None else total.add_(p)
         return total / (len(self.members) * len(flips))
 
     def predict(self, image: np.ndarray | torch.Tensor, *, probabilities: bool = False
                 ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Label map (Z, Y, X) uint8, post-processed, and with ``probabilities`` the class probabilities
-        (K, Z, Y, X) float32 (before post-processing). A single forward is labelled by the argmax of its
-        logits, an ensemble or mirrored prediction by the argmax of the mean softmax."""
+        """Label map (Z, Y, X) uint8, post-processed, and with ``probabilities`` the probabilities (K, Z, Y, X)
+        float32 (before post-processing). A single forward is labelled by the argmax of its logits, an ensemble or
+        mirrored prediction by the argmax of the mean softmax; region-based members by painting their regions
+        (sigmoid > 0.5, i.e. logit > 0 for one forward) in the scheme's ``region_order``."""
         if self.single_forward:
             logits = self.logits(image)
-            labels = logits.argmax(0)
-            probs = torch.softmax(logits, 0) if probabilities else None
+            labels = logits.argmax(0) if self.regions is None else paint_regions(logits, self.regions, 0.0)
+            probs = self._activate(logits) if probabilities else None
         else:
             probs = self.probabilities(image)
-            labels = probs.argmax(0)
+            labels = probs.argmax(0) if self.regions is None else paint_regions(probs, self.regions, 0.5)
         labels = self.postprocess(labels.to(torch.uint8).cpu().numpy())
         return labels, probs.cpu().numpy() if probabilities else None
 

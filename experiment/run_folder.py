@@ -23,7 +23,7 @@ import pandas as pd
 
 from experiment import statistics as st
 from experiment.config import CONFIG_JSON, ExperimentConfig, load_run_config
-from utils.checkpoint import BEST_KEYS, CheckpointError, load_checkpoint
+from utils.checkpoint import BEST_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from utils.io import append_rows, read_csv, read_json, replace_rows, write_csv, write_json
 from utils.labels import CLASSIC, LabelScheme
 
@@ -372,6 +372,17 @@ class RunFolder:
         cms[self.unit(key)] = np.asarray(confusion).tolist()
         write_json(cm_path, cms)
         append_rows(self.path / RESULTS_CSV, [{**k, **row}], result_columns(self.scheme))  # last: marks it finished
+
+    def record_postprocess(self, key: UnitKey, rule: Mapping[str, Any]) -> None:
+        """``--postprocess``: the unit's rule, into its best checkpoint (``postprocess``: predict.py and the export
+        apply it) and into config.json (``postprocess``: unit name -> rule)."""
+        path = self.best_checkpoint(key)
+        checkpoint = load_checkpoint(path)
+        checkpoint["postprocess"] = dict(rule)
+        save_checkpoint(path, checkpoint)
+        record = self.read_config()
+        record.setdefault("postprocess", {})[self.unit(key)] = dict(rule)
+        self.write_config(record)
 
     def remove_last(self, key: UnitKey) -> None:
         self.last_checkpoint(key).unlink(missing_ok=True)

@@ -147,6 +147,7 @@ class TrainResult:
     curves: list[dict[str, Any]] = field(default_factory=list)
     ranks_in_sync: bool = True
     steps_per_epoch: int = 0
+    postprocess: dict[str, Any] = field(default_factory=dict)  # the rule and its validation Dice (--postprocess)
 
 
 # ----------------------------------------------------------------------------- speed options
@@ -192,18 +193,22 @@ class UnitTrainer:
         self.modalities = model_spec(model_name).modalities
         self.dataset = cfg.dataset_def()  # the data set's record: its classes are the model's output channels
         self.device, self.amp = ctx.device, cfg.resolved_amp(ctx.device)
-        self.epoch, self.start_epoch, self.steps_per_epoch = 0, 0, 0
+        self.epoch, self.start_epoch, self.steps_per_epoch, self.step = 0, 0, 0, 0
         self.best = TrainResult({}, -1, -math.inf)
         self.on_progress: Callable[[int, int, float], None] | None = None  # (epoch, steps, mean loss), rank 0
         self._build()
 
     # ------------------------------------------------------------------ hooks
     def build_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The training loss, called as ``loss(logits float32 (B, K, *spatial), label int64 (B, *spatial))``."""
-        return make_loss(self.cfg.loss)
+        """The training loss, called as ``loss(logits float32 (B, K, *spatial), label int64 (B, *spatial))``: Dice +
+        cross-entropy over the classes, or with ``--region_based`` Dice + BCE over the regions."""
+        return make_loss(self.cfg.loss, self.cfg.region_based, self.dataset.scheme)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
-        """AdamW over the model's parameters (fused on CUDA)."""
+        """AdamW (fused on CUDA), or with ``--optimizer sgd`` nnU-Net's SGD: Nesterov, momentum 0.99."""
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(self.model.parameters(), lr=self.cfg.lr, momentum=0.99, nesterov=True,
+                                   weight_decay=self.cfg.weight_decay)
         return torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
                                  fused=self.device.type == "cuda")
 
@@ -212,21 +217,28 @@ class UnitTrainer:
         return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=self.cfg.epochs, power=0.9)
 
     def build_train_loader(self) -> Any:
-        """The loader of training patches (3D) or slices (2D) of this unit (``experiment.data``)."""
+        """The loader of training patches (3D) or slices (2D) of this unit (``experiment.data``): with the
+        ``nnunet`` augmentation a larger region without flips (the augmentation cuts the patch from its centre)."""
+        options = {}
+        if self.augment is not None:
+            options = {"patch": self.loader_patch, "flips": False}
         loader, _, _ = build_train_loader(self.cfg, self.cache, self.split["train"], self.modalities, self.key.seed,
-                                          self.ctx)
+                                          self.ctx, **options)
         return loader
 
     def batch_transform(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Applied to every training batch on the device, after the host-to-device copy and before the forward
-        pass (image float32 (B, C, *spatial), label int64 (B, *spatial)). Identity here."""
-        return image, label
+        pass (image float32 (B, C, *spatial), label int64 (B, *spatial)): the ``nnunet`` augmentation, seeded by
+        (seed, epoch, step, rank); identity with ``flips`` (the loader flipped the patch)."""
+        if self.augment is None:
+            return image, label
+        return self.augment(image, label, epoch=self.epoch, step=self.step, rank=self.ctx.rank)
 
     # ------------------------------------------------------------------ build
     def _build(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         set_seed(self.key.seed, cfg.deterministic)  # identical initial weights on every rank
-        self.model = get_model(self.model_name, cfg.dim, cfg.spatial_patch, self.dataset.num_classes)
+        self.model = get_model(self.model_name, cfg.dim, cfg.spatial_patch, cfg.output_channels())
         if cfg.use_pretrained:
             path = Path(cfg.pretrained_dir) / f"{self.model_name}.pth"
             report = load_pretrained(self.model, path)
@@ -249,7 +261,17 @@ class UnitTrainer:
             self.train_module = torch.compile(self.train_module)
         # validation predicts as the test does (same settings; the live weights, compiled with --compile)
         self.predictor = Predictor.from_model(self.model, self.modalities,
-                                              InferenceSettings.from_config(cfg, self.device), self.unit)
+                                              InferenceSettings.from_config(cfg, self.device), self.unit,
+                                              regions=self.dataset.scheme if cfg.region_based else None)
+        self.augment, self.loader_patch = None, None
+        if cfg.augmentation == "nnunet":
+            from experiment.augmentation import NNUNET_PARAMS, BatchAugmentation, loader_patch_size
+
+            params = cfg.augmentation_params or NNUNET_PARAMS
+            self.augment = BatchAugmentation(cfg.spatial_patch, params, seed=self.key.seed)
+            # nnU-Net's larger region (its get_patch_size): 205^3 for a 128^3 patch; covering every extreme draw
+            # would take (304, 310, 304), 14 times the voxels, to load and copy for rare corner cases
+            self.loader_patch = loader_patch_size(cfg.spatial_patch, params, cover="nnunet")
         self.optimizer = self.build_optimizer()
         self.scheduler = self.build_scheduler(self.optimizer)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
@@ -299,6 +321,7 @@ class UnitTrainer:
         image = image.to(self.device, non_blocking=True, memory_format=fmt)
         label = label.to(self.device, non_blocking=True).long()  # uint8 from the loader
         image, label = self.batch_transform(image, label)
+        image = image.contiguous(memory_format=fmt)
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.train_module(image)
@@ -335,6 +358,7 @@ class UnitTrainer:
         count = 0
         desc = f"{self.unit} epoch {epoch + 1}/{self.cfg.epochs}"
         for image, label in tqdm(loader, desc=desc, leave=False, disable=not self.ctx.is_main):
+            self.step = count  # the batch's index in the epoch (seeds the augmentation)
             loss = self.train_step(image, label).double()
             stats += torch.stack([loss, (~torch.isfinite(loss)).double()])
             count += 1
@@ -378,7 +402,8 @@ class UnitTrainer:
             "model_name": self.model_name, "state_dict": self.best.best_state, "config": self.cfg.to_dict(),
             "epoch": epoch, "best_val_dice": self.best.best_val_dice, "seed": self.key.seed, "fold": self.key.fold,
             "dim": self.cfg.dim, "patch_size": list(self.cfg.spatial_patch), "modalities": list(self.modalities),
-            "num_classes": self.dataset.num_classes, "dataset": self.dataset.to_dict(),
+            "num_classes": self.cfg.output_channels(), "dataset": self.dataset.to_dict(),
+            "region_based": bool(self.cfg.region_based),
         })
 
     def _save_last(self, epoch: int) -> None:

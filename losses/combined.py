@@ -17,6 +17,10 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
+from utils.labels import CLASSIC, LabelScheme
+
+from .regions import RegionDiceBCELoss
+
 # kind -> (Dice weight, cross-entropy weight)
 LOSS_WEIGHTS: dict[str, tuple[float, float]] = {
     "nnunet": (0.7, 0.3),
@@ -65,10 +69,13 @@ class CombinedDiceCELoss(nn.Module):
         return f"dice_weight={self.dice_weight}, ce_weight={self.ce_weight}"
 
 
-def make_loss(kind: str = "nnunet") -> nn.Module:
+def make_loss(kind: str = "nnunet", region_based: bool = False, scheme: LabelScheme = CLASSIC) -> nn.Module:
     """The training loss of the suite: ``"nnunet"`` = 0.7 Dice + 0.3 CE (default),
-    ``"standard"`` = 0.5 Dice + 0.5 CE (see :class:`CombinedDiceCELoss`)."""
+    ``"standard"`` = 0.5 Dice + 0.5 CE (see :class:`CombinedDiceCELoss`); with ``region_based`` the same weights
+    for Dice + binary cross-entropy over the regions of ``scheme`` (:class:`~losses.regions.RegionDiceBCELoss`)."""
     if kind not in LOSS_WEIGHTS:
         raise ValueError(f"unknown loss kind {kind!r}; valid kinds: {', '.join(LOSS_WEIGHTS)}")
     dice_weight, ce_weight = LOSS_WEIGHTS[kind]
+    if region_based:
+        return RegionDiceBCELoss(dice_weight, ce_weight, scheme)
     return CombinedDiceCELoss(dice_weight, ce_weight)

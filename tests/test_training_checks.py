@@ -158,3 +158,17 @@ def test_gpu_benchmark_times_the_suites_own_training_epoch(tmp_path, monkeypatch
     assert calls == [("unet3d_xs", 0, n), ("unet3d_xs", 1, n)] and n == 8
     assert t_loop > 0 and t_bare > 0
     assert not list(tmp_path.rglob("integrated_experiment_results.csv")), "the benchmark writes no results"
+    # with the nnunet augmentation the loop is fed the loader's larger regions and augments them on the device
+    shapes = []
+    batch_transform = training.UnitTrainer.batch_transform
+
+    def spy_transform(self, image, label):
+        out = batch_transform(self, image, label)
+        shapes.append((tuple(image.shape[2:]), tuple(out[0].shape[2:])))
+        return out
+
+    monkeypatch.setattr(training.UnitTrainer, "batch_transform", spy_transform)
+    bench.loop_vs_bare("unet3d_xs", (32, 32, 32), (40, 48, 48), torch.device("cpu"), 4, 0, tmp_path / "aug", "nnunet")
+    loop_calls = [big for big, _ in shapes if big != (32, 32, 32)]  # then the bare steps on the augmented batch
+    assert len(loop_calls) == 2 * 4 + 1 and all(min(big) > 32 for big in loop_calls)  # + the bare batch
+    assert all(small == (32, 32, 32) for _, small in shapes)

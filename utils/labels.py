@@ -52,11 +52,22 @@ class LabelScheme:
 
     ``selection``: the regions whose mean Dice selects the best epoch and is ``test_dice_mean`` (the BraTS
     WT/TC/ET for every scheme the suite ships).
+
+    ``region_order``: region-based training (``--region_based``): the regions a model predicts (one sigmoid
+    channel each) and the class each one paints, in painting order (nnU-Net's ``regions_class_order``):
+    labels = 0; for (region, class) in order: labels[p_region > 0.5] = class. Nested regions come largest first
+    (CLASSIC: WT paints ED, TC paints NCR/NET, ET paints ET); a disjoint region (RC) paints its own class.
+    Painting the true regions of any voxel must give back its class (checked here).
+
+    ``min_component``: post-processing (``--postprocess``): connected components of a region smaller than this many
+    voxels may be removed, if that helps on validation (the BraTS 2023 winner's sizes: WT 250, TC 150, ET 100).
     """
 
     classes: tuple[ClassDef, ...]
     regions: tuple[RegionDef, ...]
     selection: tuple[str, ...] = ("wt", "tc", "et")
+    region_order: tuple[tuple[str, int], ...] = (("wt", 2), ("tc", 1), ("et", 3))
+    min_component: tuple[tuple[str, int], ...] = (("wt", 250), ("tc", 150), ("et", 100))
 
     def __post_init__(self) -> None:
         keys = [c.key for c in self.classes]
@@ -68,6 +79,19 @@ class LabelScheme:
         for region in self.regions:
             if not region.classes or any(not 1 <= c <= len(self.classes) for c in region.classes):
                 raise ValueError(f"region {region.key!r} has classes {region.classes}; valid: 1..{len(self.classes)}")
+        for key, _ in (*self.region_order, *self.min_component):
+            if key not in names:
+                raise ValueError(f"region {key!r} of region_order/min_component is not a region of the scheme {names}")
+        for key, cls in self.region_order:
+            if cls not in self.region_classes[key]:
+                raise ValueError(f"region {key!r} cannot paint class {cls}: it holds {self.region_classes[key]}")
+        for cls in range(1, len(self.classes) + 1):
+            painted = 0
+            for key, paint in self.region_order:
+                if cls in self.region_classes[key]:
+                    painted = paint
+            if painted != cls:
+                raise ValueError(f"region_order {self.region_order} paints a voxel of class {cls} as {painted}")
         missing = [s for s in self.selection if s not in names]
         if missing or not self.selection:
             raise ValueError(f"selection regions {missing or list(self.selection)} are not regions of the scheme "
@@ -105,6 +129,23 @@ class LabelScheme:
         return (tuple(f"{m}_{r}" for m in ("dice", "hd95") for r in regions) + tuple(f"nsd_{r}" for r in regions)
                 + tuple(f"dice_{c}" for c in self.class_dice))
 
+    @property
+    def region_channels(self) -> int:
+        """Output channels of a region-based model: one per region of :attr:`region_order`."""
+        return len(self.region_order)
+
+    def parent_class(self, region: str) -> int:
+        """The class a voxel of ``region`` takes when it leaves the region (post-processing): the class painted by
+        the last region before it in :attr:`region_order` that contains it, else background (CLASSIC: ET -> NCR/NET,
+        TC -> ED, WT -> 0)."""
+        keys = [k for k, _ in self.region_order]
+        classes = set(self.region_classes[region])
+        before = keys[:keys.index(region)] if region in keys else keys
+        for key, paint in reversed([(k, p) for k, p in self.region_order if k in before]):
+            if classes <= set(self.region_classes[key]):
+                return paint
+        return 0
+
     def compatible(self, other: LabelScheme) -> bool:
         """The same classes in the same order (the label maps mean the same, whatever the file values)."""
         return [c.key for c in self.classes] == [c.key for c in other.classes]
@@ -113,13 +154,17 @@ class LabelScheme:
     def to_dict(self) -> dict[str, Any]:
         return {"classes": [[c.key, c.title] for c in self.classes],
                 "regions": [[r.key, list(r.classes), r.title] for r in self.regions],
-                "selection": list(self.selection)}
+                "selection": list(self.selection), "region_order": [list(x) for x in self.region_order],
+                "min_component": [list(x) for x in self.min_component]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LabelScheme:
+        defaults = cls.__dataclass_fields__
         return cls(tuple(ClassDef(k, t) for k, t in d["classes"]),
                    tuple(RegionDef(k, tuple(int(c) for c in cs), t) for k, cs, t in d["regions"]),
-                   tuple(d.get("selection", ("wt", "tc", "et"))))
+                   tuple(d.get("selection", defaults["selection"].default)),
+                   tuple((str(k), int(c)) for k, c in d.get("region_order", defaults["region_order"].default)),
+                   tuple((str(k), int(c)) for k, c in d.get("min_component", defaults["min_component"].default)))
 
 
 CLASSIC = LabelScheme(
