@@ -84,11 +84,11 @@ class RankFailureWatch:
 
     def __init__(self, store: Any, rank: int, world_size: int, on_end: Callable[[UnitKey, int, str], None],
                  timeout_s: float | None = None, poll_s: float = POLL_S,
-                 exit_process: Callable[[int], None] = os._exit) -> None:
+                 exit_process: Callable[[int], None] = os._exit, seq: Callable[[], int] = du.collective_seq) -> None:
         self.store, self.rank, self.world_size, self.on_end = store, rank, world_size, on_end
         self.timeout_s = failure_timeout_s() if timeout_s is None else timeout_s
         self.poll_s = poll_s
-        self._exit_process = exit_process
+        self._exit_process, self._seq = exit_process, seq
         job = os.environ.get("TORCHELASTIC_RUN_ID", "job")
         self.prefix = f"brats_rank_failure/{job}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
         self._failed_here: set[str] = set()
@@ -127,7 +127,7 @@ class RankFailureWatch:
         """Post this rank's failure of ``unit`` and wait for rank 0's decision. Returns when every rank
         failed there alike (the caller records the unit and goes on); otherwise the process ends here."""
         record = {"model": key.model, "seed": key.seed, "fold": key.fold, "epoch": epoch,
-                  "reason": first_line(exc, with_type=True), "seq": du.collective_seq()}
+                  "reason": first_line(exc, with_type=True), "seq": self._seq()}
         self._failed_here.add(unit)
         self.store.set(self._key(unit, "failed", self.rank), json.dumps(record))
         self.store.set(self._key("active"), unit)
@@ -164,7 +164,7 @@ class RankFailureWatch:
                 self.leave(f"unit {unit} failed on another rank and ended the job")
             return
         if unit not in self._failed_here:
-            self.store.set(self._key(unit, "seq", self.rank), str(du.collective_seq()))
+            self.store.set(self._key(unit, "seq", self.rank), str(self._seq()))
         if self.rank == 0:
             self._decide(unit)
 
