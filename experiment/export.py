@@ -105,6 +105,7 @@ class PredictionSummary:
     tta: bool
     processes: int = 1
     rank: int = 0
+    per_rank: list[int] | None = None  # cases written by each rank
 
     @property
     def cases_per_second(self) -> float:
@@ -112,7 +113,9 @@ class PredictionSummary:
 
     def line(self) -> str:
         per_case = self.seconds / max(self.n_cases, 1)
-        where = f" on {self.processes} processes" if self.processes > 1 else ""
+        where = ""
+        if self.processes > 1:
+            where = f" on {self.processes} processes ({' + '.join(map(str, self.per_rank or []))} cases)"
         return (f"predicted {self.n_cases} case(s) with {len(self.checkpoints)} checkpoint(s)"
                 f"{' x mirroring' if self.tta else ''}{where} in {self.seconds:.1f} s ({per_case:.2f} s per case, "
                 f"{self.cases_per_second:.2f} cases/s) -> {self.output}")
@@ -169,7 +172,7 @@ def predict_folder(run_dir: str | Path | Sequence[str | Path], input_dir: str | 
         if owns_group:
             du.cleanup()
     return PredictionSummary(out, sum(n for n, _ in done), [p.name for p in paths], max(t for _, t in done), tta,
-                             ctx.world_size, ctx.rank)
+                             ctx.world_size, ctx.rank, [n for n, _ in done])
 
 
 # ----------------------------------------------------------------------------- evaluate_experiment.py
