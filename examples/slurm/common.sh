@@ -12,7 +12,7 @@
 # itself; sbatch reads SBATCH_PARTITION, SBATCH_ACCOUNT, SBATCH_TIMELIMIT ... itself.
 
 SUITE_DIR=${SUITE_DIR:-${SLURM_SUBMIT_DIR:-$PWD}}
-cd "$SUITE_DIR"
+cd "$SUITE_DIR" || { echo "SUITE_DIR=$SUITE_DIR: no such folder (set SUITE_DIR to the repository)" >&2; exit 2; }
 if [ -n "${VENV:-}" ]; then
   # shellcheck disable=SC1091
   source "$VENV/bin/activate"
