@@ -4,6 +4,8 @@
         preflight(cfg)                 unknown models, dims, patch sizes, trainers, missing weights: before any work
         open_run(cfg, ctx)             run folder, data and cache, splits, config.json, run.log
         for each unit: run_unit(...)   train -> evaluate the best weights -> efficiency -> rows -> on_unit_end
+                                       (the units of --shard, experiment/sharding.py; under torchrun a failure on
+                                       some ranks only ends the job within seconds, experiment/rank_failure.py)
         finish_run(...)                model_comparison.csv, statistics -> on_run_end
 
 What is drawn or reported is not the loop's business: :class:`RunCallbacks` objects given by the caller
