@@ -17,6 +17,7 @@ and a callback that fails is a warning in ``run.log``, never a lost result. ``ex
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import subprocess
 import sys
@@ -367,8 +368,7 @@ def _run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[RunCall
     preflight(cfg)
     state = open_run(cfg, ctx, callbacks)
     if ctx.distributed:
-        state.watch = RankFailureWatch.start(ctx, lambda key, epoch, reason: _record_job_end(state, key, epoch,
-                                                                                              reason))
+        state.watch = RankFailureWatch.start(ctx, functools.partial(_record_job_end, state))
     try:
         notify(state, "on_run_start")
         for key in units_in_order(state):
@@ -388,7 +388,9 @@ def _run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[RunCall
 def units_in_order(state: RunState) -> list[UnitKey]:
     """The units this command runs (experiment/sharding.py: the experiment's order, this shard's units), less
     the finished ones; on ``--resume`` the units in ``failed_runs.csv`` come last, so that a unit that fails
-    again (and may end the job under torchrun) never keeps the others from running."""
+    again (and may end the job under torchrun) never keeps the others from running. Rank 0's list, on every rank
+    (the ranks must run the same units in the same order, whatever their view of the shared file system)."""
     todo = [key for key in shard_units(state.cfg) if key not in state.done]
-    failed = state.run.failed_units() if state.cfg.resume is not None else set()
-    return [key for key in todo if key not in failed] + [key for key in todo if key in failed]
+    failed = state.run.failed_units() if state.cfg.resume is not None and state.ctx.is_main else set()
+    order = [key for key in todo if key not in failed] + [key for key in todo if key in failed]
+    return [UnitKey(*k) for k in du.broadcast_object([(k.model, k.seed, k.fold) for k in order])]

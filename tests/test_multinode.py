@@ -49,7 +49,7 @@ def test_two_launchers_through_a_c10d_rendezvous_equal_one_launcher_of_two_proce
     args = ["--dataset_version", "synthetic", "--data_path", str(data), "--synthetic_cases", str(N_CASES),
             "--synthetic_shape", *map(str, SHAPE), "--cache_dir", str(data / "cache"), "--dim", "3d",
             "--patch_size", "32", "32", "32", "--batch_size", "2", "--patches_per_case", "2", "--num_workers", "0",
-            "--device", "cpu", "--no_efficiency", "--lr", "3e-3", "--models", "unet3d_xs", "--epochs", "2",
+            "--device", "cpu", "--no_efficiency", "--lr", "3e-3", "--models", "unet3d_xs", "--epochs", "1",
             "--deterministic"]
     script = str(ROOT / "integrated_experiment.py")
     one = subprocess.run(torchrun("--standalone", "--nproc_per_node=2", script, *args, "--results_dir",
