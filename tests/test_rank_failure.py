@@ -134,12 +134,25 @@ SHAPE = (48, 48, 40)
 N_CASES = 10
 
 
-def cli_args(data: Path, results: Path) -> list[str]:
+def cli_args(data: Path, results: Path, *extra: str) -> list[str]:
     return ["--dataset_version", "synthetic", "--data_path", str(data), "--synthetic_cases", str(N_CASES),
             "--synthetic_shape", *map(str, SHAPE), "--cache_dir", str(data / "cache"), "--dim", "3d",
             "--patch_size", "32", "32", "32", "--batch_size", "2", "--patches_per_case", "2", "--num_workers", "0",
-            "--device", "cpu", "--results_dir", str(results), "--no_efficiency", "--lr", "3e-3",
-            "--models", "unet3d_xs", "unet3d_stride_xs", "--seeds", "24", "42", "--epochs", "2", "--deterministic"]
+            "--device", "cpu", "--results_dir", str(results), "--no_efficiency", "--lr", "3e-3", "--deterministic",
+            *(extra or ("--models", "unet3d_xs", "unet3d_stride_xs", "--seeds", "24", "42", "--epochs", "2"))]
+
+
+def child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RANK"} | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("BRATS_FAILURE_TIMEOUT_S", None)  # the default bound
+    return env
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    dl.generate_synthetic_dataset(root, n_cases=N_CASES, seed=0, shape=SHAPE)
+    return root
 
 
 def digest(path: Path) -> str:
@@ -147,12 +160,9 @@ def digest(path: Path) -> str:
 
 
 @pytest.mark.slow
-def test_one_ranks_exception_ends_the_job_in_seconds_and_resume_finishes_it(tmp_path):
-    data, results, record = tmp_path / "data", tmp_path / "results", tmp_path / "record"
+def test_one_ranks_exception_ends_the_job_in_seconds_and_resume_finishes_it(data, tmp_path):
+    results, record, env = tmp_path / "results", tmp_path / "record", child_env()
     record.mkdir()
-    dl.generate_synthetic_dataset(data, n_cases=N_CASES, seed=0, shape=SHAPE)
-    env = {k: v for k, v in os.environ.items() if k != "RANK"} | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    env.pop("BRATS_FAILURE_TIMEOUT_S", None)  # the default bound
     # units: (unet3d_xs, 24), (unet3d_stride_xs, 24), (unet3d_xs, 42), (unet3d_stride_xs, 42)
     specs = [{"model": "unet3d_stride_xs", "seed": 24, "epoch": 0, "step": 2, "ranks": [0, 1]},  # both: goes on
              {"model": "unet3d_xs", "seed": 42, "epoch": 1, "step": 2, "ranks": [1]}]  # rank 1 only, in DDP's step
@@ -199,3 +209,25 @@ def test_one_ranks_exception_ends_the_job_in_seconds_and_resume_finishes_it(tmp_
     assert len(epochs) == 4 * 2 and not epochs.duplicated(["model", "seed", "fold", "epoch"]).any()
     assert not (run / "last").exists()
 
+
+
+@pytest.mark.slow
+def test_one_ranks_exception_before_validation_ends_the_job_too(data, tmp_path):
+    """Rank 1 raises as validation starts; rank 0 waits in the broadcast of rank 0's weights, then would wait in
+    the gathering of the validation cases: the same prompt end."""
+    results, record = tmp_path / "results", tmp_path / "record"
+    record.mkdir()
+    specs = [{"model": "unet3d_xs", "seed": 24, "epoch": 0, "step": "validate", "ranks": [1]}]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "ddp_fail_inject.py"), str(record), json.dumps(specs),
+           *cli_args(data, results, "--models", "unet3d_xs", "--epochs", "1")]
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
+    ended = time.time()
+    assert proc.returncode != 0 and "exitcode  : 3" in proc.stderr, proc.stderr[-3000:]
+    latency = ended - json.loads((record / "raised_unet3d_xs_24_rank1.json").read_text())["time"]
+    assert latency < 60, f"the job took {latency:.0f} s to end after rank 1's exception"
+    failed = pd.read_csv(next(results.iterdir()) / "failed_runs.csv")
+    assert list(zip(failed["model"], failed["epoch"])) == [("unet3d_xs", 0)]
+    reason = failed.loc[0, "reason"]
+    assert "injected on rank 1" in reason and "rank(s) 0 waited in a collective" in reason
+    print(f"one rank's exception before validation -> both ranks gone in {latency:.1f} s")
