@@ -150,5 +150,6 @@ def test_multinode_starts_one_launcher_per_node_meeting_on_the_first_node(env):
         assert args.models == ["unet3d_xs", "unet3d_stride_xs"] and args.num_workers == 32
         assert args.results_dir == "baseline_results"
     proc = bash("multinode.sbatch", env, **job, RESUME="/shared/integrated_experiment_results_x", RDZV_PORT="29611")
+    assert proc.returncode == 0 and len(proc.stdout.strip().splitlines()) == 2, (proc.stdout, proc.stderr)
     args = build_parser().parse_args(suite_args(proc.stdout.strip().splitlines()[1]))
     assert args.resume == "/shared/integrated_experiment_results_x" and "gpu-node-07:29611" in proc.stdout
