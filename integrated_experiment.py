@@ -1,6 +1,8 @@
 """Command line of the suite: parse flags -> ExperimentConfig -> run_integrated_experiment.
 
     python integrated_experiment.py --dataset_version synthetic --dim 3d --models unet3d_xs
+    python integrated_experiment.py --dim 3d --models unet3d_s swin_unetr --use_5fold --list_units
+    python integrated_experiment.py --dim 3d --models unet3d_s swin_unetr --use_5fold --shard 0/4
     torchrun --nproc_per_node=4 integrated_experiment.py --epochs 10 --batch_size 4 --seeds 24
 
 Every option is a field of ``experiment.config.ExperimentConfig`` (its flag, help and choices live
@@ -27,6 +29,19 @@ def print_models() -> None:
     print("\n".join(format_lines(catalog_rows())))
 
 
+def list_units(cfg: ExperimentConfig) -> None:
+    """``--list_units``: the experiment's units (of the run, with --resume), one per line, then their count."""
+    from experiment.config import resume_config
+    from experiment.sharding import list_units_lines
+    from models import model_spec
+
+    if cfg.resume is not None:
+        cfg = resume_config(cfg)
+    for name in cfg.model_names:
+        model_spec(name)  # an unknown model: ValueError naming the known ones
+    print("\n".join(list_units_lines(cfg)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -46,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from visualization import ChartCallbacks
 
     try:
+        if args.list_units:
+            list_units(cfg)
+            return 0
         if args.preprocess_only:
             print(preprocess_only(cfg))
             return 0

@@ -2,13 +2,16 @@
 
     python predict.py --run_dir baseline_results/integrated_experiment_results_YYYYMMDD_HHMMSS \
         --input /data/new_cases --output /data/predictions [--tta] [--save_probabilities]
+    torchrun --nproc_per_node=4 predict.py --run_dir SHARD_0 SHARD_1 SHARD_2 --input ... --output ...
 
 ``--input`` is a case folder or a folder of case folders in any BraTS layout (2018/2021:
 ``{case}_{t1,t1ce,t2,flair}.nii.gz``; 2023: ``{case}-{t1n,t1c,t2w,t2f}.nii.gz``); a segmentation file
 is not needed. Each case is preprocessed as the run's cache was, segmented by sliding window with the
-mean softmax of the chosen checkpoints (default: every best checkpoint of the run's model), and written
+mean softmax of the chosen checkpoints (default: every best checkpoint of the run's model; several run folders
+of one experiment, e.g. the shards of a sweep, form one ensemble), and written
 as ``OUT/{case_id}.nii.gz`` (uint8, the input's grid, affine and header, labels of the case's layout:
-ET = 4 for 2018/2021, 3 for 2023). The logic lives in ``experiment/export.py``.
+ET = 4 for 2018/2021, 3 for 2023). Under torchrun the cases are shared out over the processes (one per GPU),
+each writing its own; the last line gives the cases per second. The logic lives in ``experiment/export.py``.
 Research tool: not for diagnosis or treatment decisions.
 """
 
@@ -26,7 +29,9 @@ from utils.errors import first_line
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Segment new BraTS cases with the best checkpoints of a run.")
-    p.add_argument("--run_dir", required=True, help="the run folder (config.json, *_best.pth)")
+    p.add_argument("--run_dir", required=True, nargs="+", metavar="RUN_DIR",
+                   help="the run folder (config.json, *_best.pth), or several of one experiment (e.g. the shards "
+                   "of a sweep: the same configuration and splits, each unit in one)")
     p.add_argument("--input", required=True, help="a case folder, or a folder of case folders")
     p.add_argument("--output", required=True, help="folder for {case_id}.nii.gz (and .npz)")
     p.add_argument("--models", nargs="+", default=None, help="models whose best checkpoints are ensembled "
@@ -52,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (BadCaseError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2
-    print(summary.line())
+    if summary.rank == 0:
+        print(summary.line())
     return 0
 
 

@@ -2,7 +2,9 @@
 # Every GPU check of the suite in one run (for a lent GPU machine; figures go to benchmarks/RESULTS.md):
 #   1. benchmarks/bench_gpu.py (step vs DynUNet, compile, the suite's loop vs bare step, sliding window,
 #      efficiency table of unet3d_s, unet3d_m, swin_unetr, dualbranch_01_unet_s, dualbranch_14_convnext_s);
-#   2. the CLI end to end on a small synthetic set, plain and with --compile --channels_last (same metrics?).
+#   2. the CLI end to end on a small synthetic set, plain and with --compile --channels_last (same metrics?);
+#   3. predict.py with the plain run's checkpoint over the 20 synthetic cases: cases/s on one GPU and on all GPUs
+#      (torchrun, one process per GPU), for benchmarks/RESULTS.md.
 # Packages missing on the machine may be given as wheels in .whl/ (installed into /tmp/site).
 set -u
 cd "$(dirname "$0")/.."
@@ -28,3 +30,15 @@ for variant in plain fast; do
   echo "cli $variant: exit $? in $(( $(date +%s) - start )) s" | tee -a "$OUT/cli.txt"
   grep -h "epoch \|test Dice" /tmp/gpu_runs_$variant/*/run.log | sed 's/^[^]]*\] //' | tee -a "$OUT/cli.txt"
 done
+
+gpus=$(nvidia-smi -L | wc -l)
+run_dir=$(ls -d /tmp/gpu_runs_plain/integrated_experiment_results_* 2>/dev/null | tail -n 1)
+cases=/tmp/gpu_data/BRATS_SYNTHETIC/BraTS2021_Training_Data
+if [ -n "$run_dir" ]; then
+  for n in 1 "$gpus"; do
+    timeout 300 python3 -m torch.distributed.run --standalone --nproc_per_node "$n" predict.py --run_dir "$run_dir" \
+      --input "$cases" --output "/tmp/gpu_predict_$n" --overwrite 2>"$OUT/predict_$n.err" | tail -n 1 \
+      | sed "s/^/predict, $n GPU(s): /" | tee -a "$OUT/predict.txt"
+    [ "$gpus" = 1 ] && break
+  done
+fi

@@ -34,11 +34,24 @@ OPTIMIZERS = ("adamw", "sgd")
 AUGMENTATIONS = ("flips", "nnunet")
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-5, "sgd": 3e-5}
+N_FOLDS = 5  # --use_5fold
 AMP_MODES = ("auto", "bf16", "fp16", "none")
 
 # What a later command may change about an existing run: where and how it runs, never what it is.
 RUNTIME_FIELDS: tuple[str, ...] = ("data_path", "cache_dir", "device", "num_workers", "sharing_strategy",
                                    "preprocess_workers")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; ``ValueError`` naming the rule otherwise."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if match is None or not 0 <= int(match[1]) < int(match[2]):
+        raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4 ... 3/4), got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def format_shard(index: int, count: int) -> str:
+    return f"{index}/{count}"
 
 
 def option(default: Any = MISSING, help: str = "", *, group: str = "run", flag: str | None = None,
@@ -82,6 +95,8 @@ class ExperimentConfig:
     max_samples: int | None = option(None, "use about N cases: a seeded (seed 0) subset of whole patients, "
                                      "stratified like the splits", group="data", type=int)
     use_5fold: bool = option(False, "5-fold cross-validation instead of 80/10/10", group="data")
+    folds: list[int] | None = option(None, "with --use_5fold: run only these folds (0-4; splits.json still holds all "
+                                     "five)", group="data", type=int, nargs="+", metavar="K")
     skip_bad_cases: bool = option(False, "skip unreadable/inconsistent cases (listed in skipped_cases.csv) "
                                   "instead of stopping", group="data")
     cache_dir: str | None = option(None, "preprocessed cache folder (default: "
@@ -157,6 +172,8 @@ class ExperimentConfig:
     results_dir: str = option("baseline_results", "where run folders are created")
     device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     resume: str | None = option(None, "continue an interrupted run in that folder", type=str, metavar="RUN_DIR")
+    shard: str | None = option(None, "run only the units whose position in --list_units modulo N is I (0 <= I < "
+                               "N); the run folder's name ends with _shard_I_of_N", type=str, metavar="I/N")
     measure_efficiency: bool = option(True, "skip FLOPs/PAM/latency measurement", flag="--no_efficiency")
     gradcam: bool = option(False, "Grad-CAM slice overlays of the first test case per model (MONAI)")
     # configuration only (no flag)
@@ -182,6 +199,14 @@ class ExperimentConfig:
             raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
         if not self.seeds:
             raise ValueError("--seeds needs at least one seed")
+        if self.folds is not None:
+            self.folds = sorted({int(k) for k in self.folds})
+            if not self.use_5fold:
+                raise ValueError("--folds chooses folds of a 5-fold run: add --use_5fold")
+            if not self.folds or not all(0 <= k < N_FOLDS for k in self.folds):
+                raise ValueError(f"--folds takes fold numbers 0 to {N_FOLDS - 1}, got {self.folds}")
+        if self.shard is not None:
+            self.shard = format_shard(*parse_shard(self.shard))
         if len(self.patch_size) not in (2, 3) or (self.dim == "3d" and len(self.patch_size) != 3):
             raise ValueError(f"--patch_size takes Z Y X (3 values; 2D also Y X), got {list(self.patch_size)}")
         self.seeds = [int(s) for s in self.seeds]
@@ -261,6 +286,8 @@ def cli_fields() -> list[Field]:
 GROUPS = ("data", "training", "run")
 EXTRA_SWITCHES = {  # options that are actions of the command, not configuration
     "--list_models": ("run", "print every registered model (family, modalities, dims, parameters) and exit"),
+    "--list_units": ("run", "print the experiment's units (position, model, seed, fold; seeds, then folds, then "
+                            "models, in the order given) and their count, and exit; with --shard only its units"),
     "--preprocess_only": ("data", "validate the cases and build the preprocessing cache (same data flags), print a "
                                   "summary and exit"),
 }

@@ -217,7 +217,7 @@ def measure_efficiency(model_name: str, cfg: Any, device: torch.device) -> tuple
     amp = cfg.resolved_amp(device)
     values: dict[str, float] = {k: math.nan for k in EFFICIENCY_KEYS}
     notes, stages = [], []
-    model = get_model(model_name, cfg.dim, cfg.spatial_patch, cfg.dataset_def().num_classes)
+    model = get_model(model_name, cfg.dim, cfg.spatial_patch, cfg.output_channels())
     values["params"] = count_parameters(model)
     deployed, n_fused = inference_copy(model)
     if cfg.grad_checkpoint:  # the training PAM of the run as configured

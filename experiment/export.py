@@ -9,6 +9,9 @@
   an MSD or nnU-Net dataset folder's own values, from its dataset.json; PED's ET = 1, GLI post-treatment's
   RC = 4 ...), written with the grid, affine and header of the case's T1 file (MSD: its 4D image, spatial
   axes only), as uint8.
+  Under torchrun the cases are shared out over the ranks (rank r takes every world-size-th case from r),
+  each rank writing its own: the same files as one process. Several run folders of one experiment
+  (``experiment.sharding.open_runs``: the shards of a sweep) form one ensemble.
 - :func:`export_run_predictions`: the test cases of every best checkpoint of a run, from the run's cache
   and with the run's settings, as ``RUN/predictions/{unit}/{case_id}.nii.gz``, and their ground truth,
   copied from the source files, as ``RUN/predictions/references/{case_id}.nii.gz``.
@@ -29,6 +32,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from brats_data import CaseRecord, find_input_cases, preprocess_case, unmap_labels
@@ -37,6 +41,8 @@ from experiment.data import open_prepared_cache
 from experiment.postprocess import checkpoint_rule, rule_hook
 from experiment.predictor import InferenceSettings, Predictor
 from experiment.run_folder import RunFolder
+from experiment.sharding import open_runs, select_checkpoints
+from utils import distributed as du
 from utils.checkpoint import BEST_KEYS, load_checkpoint
 from utils.distributed import resolve_device
 from utils.io import atomic_output
@@ -111,64 +117,87 @@ class PredictionSummary:
     output: Path
     n_cases: int
     checkpoints: list[str]
-    seconds: float
+    seconds: float  # wall time of the slowest rank, from the common start
     tta: bool
     postprocess: str = "none"
+    processes: int = 1
+    rank: int = 0
+    per_rank: list[int] | None = None  # cases written by each rank
+
+    @property
+    def cases_per_second(self) -> float:
+        return self.n_cases / self.seconds if self.seconds > 0 else float("nan")
 
     def line(self) -> str:
         per_case = self.seconds / max(self.n_cases, 1)
+        where = ""
+        if self.processes > 1:
+            where = f" on {self.processes} processes ({' + '.join(map(str, self.per_rank or []))} cases)"
         rule = f", post-processing: {self.postprocess}" if self.postprocess != "none" else ""
         return (f"predicted {self.n_cases} case(s) with {len(self.checkpoints)} checkpoint(s)"
-                f"{' x mirroring' if self.tta else ''}{rule} in {self.seconds:.1f} s ({per_case:.2f} s per case) -> "
-                f"{self.output}")
+                f"{' x mirroring' if self.tta else ''}{rule}{where} in {self.seconds:.1f} s ({per_case:.2f} s per "
+                f"case, {self.cases_per_second:.2f} cases/s) -> {self.output}")
 
 
-def predict_folder(run_dir: str | Path, input_dir: str | Path, output_dir: str | Path, *,
+def predict_folder(run_dir: str | Path | Sequence[str | Path], input_dir: str | Path, output_dir: str | Path, *,
                    models: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                    folds: Sequence[int] | None = None, tta: bool = False, save_probabilities: bool = False,
                    overlap: float | None = None, sw_batch_size: int | None = None, device: str = "auto",
                    overwrite: bool = False, progress: bool = True, postprocess: bool = True) -> PredictionSummary:
-    """Segment every case of ``input_dir`` with the ensemble of the chosen best checkpoints of ``run_dir``:
-    ``OUT/{case_id}.nii.gz`` (and ``OUT/{case_id}.npz`` with ``save_probabilities``).
+    """Segment every case of ``input_dir`` with the ensemble of the chosen best checkpoints of ``run_dir`` (one
+    run folder, or several of one experiment): ``OUT/{case_id}.nii.gz`` (and ``OUT/{case_id}.npz`` with
+    ``save_probabilities``).
 
     Several ``models`` make one ensemble: every selected checkpoint weighs the same in the mean softmax (the mean
     sigmoid of region-based checkpoints). The checkpoints' post-processing rule (``--postprocess``) is applied
     when they all have the same one (one checkpoint; or units that share a rule) unless ``postprocess`` is False.
-    An output folder that already holds ``.nii.gz`` files is refused unless ``overwrite``.
+    An output folder that already holds ``.nii.gz`` files is refused unless ``overwrite``. Under torchrun
+    every rank predicts its share of the cases (rank r: cases r, r + world size, ...) on its own device;
+    the summary (every rank's) counts all cases, its time is the slowest rank's.
     """
     out = Path(output_dir)
     existing = sorted(out.glob("*.nii.gz")) if out.is_dir() else []
-    if existing and not overwrite:
+    if existing and not overwrite:  # every rank checks before any writes (the barrier below)
         raise FileExistsError(f"{out} already holds predictions ({len(existing)} .nii.gz files); "
                               "pass --overwrite to replace them")
-    run, cfg = RunFolder.open(run_dir, device=device)
+    run_dirs = [run_dir] if isinstance(run_dir, str | Path) else list(run_dir)
+    opened = open_runs(run_dirs, device=device)
+    cfg = opened[0][1]
+    owns_group = du.under_torchrun() and not torch.distributed.is_initialized()
     try:
-        torch_device = resolve_device(cfg.device)
+        ctx = du.init_distributed(cfg.device)
     except RuntimeError as exc:  # --device cuda without CUDA
         raise ValueError(str(exc)) from None
-    settings = InferenceSettings.from_config(cfg, torch_device, overlap=overlap, sw_batch_size=sw_batch_size,
-                                             mirror=tta)
-    dataset = cfg.dataset_def()
-    cases = find_input_cases(input_dir, prefer=dataset)
-    paths = run.select_checkpoints(models, seeds, folds)
-    checkpoints = [load_checkpoint(p, BEST_KEYS) for p in paths]
-    rule = checkpoint_rule(checkpoints) if postprocess else None
-    predictor = Predictor.from_checkpoints(checkpoints, settings, [p.name for p in paths],
-                                           postprocess=rule_hook(rule, dataset.scheme))
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        image, box, shape = preprocess_case(case)
-        labels, probs = predictor.predict(image, probabilities=save_probabilities)
-        writer = written_as(case, dataset)
-        write_segmentation(writer.unmap_labels(uncrop(labels, box, shape)), case.image_paths[MODALITIES[0]],
-                           out / f"{case.case_id}.nii.gz")
-        if probs is not None:  # outside the crop: background, certain (no region)
-            background = np.eye(len(probs), 1, dtype=np.float32)[:, 0] if predictor.regions is None else 0.0
-            write_probabilities(uncrop(probs, box, shape, background), writer, out / f"{case.case_id}.npz",
-                                predictor.regions)
-    return PredictionSummary(out, len(cases), [p.name for p in paths], time.perf_counter() - start, tta,
-                             rule.describe() if rule else "none")
+    try:
+        settings = InferenceSettings.from_config(cfg, ctx.device, overlap=overlap, sw_batch_size=sw_batch_size,
+                                                 mirror=tta)
+        dataset = cfg.dataset_def()
+        cases = find_input_cases(input_dir, prefer=dataset)
+        paths = select_checkpoints([run for run, _ in opened], models, seeds, folds)
+        checkpoints = [load_checkpoint(p, BEST_KEYS) for p in paths]
+        rule = checkpoint_rule(checkpoints) if postprocess else None
+        predictor = Predictor.from_checkpoints(checkpoints, settings, [p.name for p in paths],
+                                               postprocess=rule_hook(rule, dataset.scheme))
+        mine = cases[ctx.rank::ctx.world_size]
+        du.barrier()
+        out.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        for case in tqdm(mine, desc="predict", unit="case", disable=not (progress and ctx.is_main)):
+            image, box, shape = preprocess_case(case)
+            labels, probs = predictor.predict(image, probabilities=save_probabilities)
+            writer = written_as(case, dataset)
+            write_segmentation(writer.unmap_labels(uncrop(labels, box, shape)), case.image_paths[MODALITIES[0]],
+                               out / f"{case.case_id}.nii.gz")
+            if probs is not None:  # outside the crop: background, certain (no region)
+                background = np.eye(len(probs), 1, dtype=np.float32)[:, 0] if predictor.regions is None else 0.0
+                write_probabilities(uncrop(probs, box, shape, background), writer, out / f"{case.case_id}.npz",
+                                    predictor.regions)
+        done = du.all_gather_objects((len(mine), time.perf_counter() - start))
+    finally:
+        if owns_group:
+            du.cleanup()
+    return PredictionSummary(out, sum(n for n, _ in done), [p.name for p in paths], max(t for _, t in done), tta,
+                             rule.describe() if rule else "none", ctx.world_size, ctx.rank, [n for n, _ in done])
 
 
 # ----------------------------------------------------------------------------- evaluate_experiment.py

@@ -4,6 +4,8 @@
         preflight(cfg)                 unknown models, dims, patch sizes, trainers, missing weights: before any work
         open_run(cfg, ctx)             run folder, data and cache, splits, config.json, run.log
         for each unit: run_unit(...)   train -> evaluate the best weights -> efficiency -> rows -> on_unit_end
+                                       (the units of --shard, experiment/sharding.py; under torchrun a failure on
+                                       some ranks only ends the job within seconds, experiment/rank_failure.py)
         finish_run(...)                model_comparison.csv, statistics -> on_run_end
 
 What is drawn or reported is not the loop's business: :class:`RunCallbacks` objects given by the caller
@@ -15,9 +17,11 @@ and a callback that fails is a warning in ``run.log``, never a lost result. ``ex
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +36,9 @@ from experiment.config import ExperimentConfig, resume_config
 from experiment.data import make_all_splits, prepare_data, training_budget
 from experiment.efficiency import count_parameters, measure_efficiency
 from experiment.evaluation import EvaluationResult, choose_postprocess, evaluate_checkpoint
+from experiment.rank_failure import RankFailureWatch
 from experiment.run_folder import EFFICIENCY_KEYS, LOG_FILE, RESULTS_CSV, RunFolder, UnitKey
+from experiment.sharding import check_shard, shard_suffix, shard_units
 from experiment.training import STOP, Interrupted, TrainResult, train_model, trainer_class
 from models import get_model, model_spec
 from utils import distributed as du
@@ -65,6 +71,8 @@ class RunState:
     efficiency: dict[str, tuple[dict, str]] = field(default_factory=dict)
     failed: list[dict[str, Any]] = field(default_factory=list)
     callbacks: Sequence[RunCallbacks] = ()
+    watch: RankFailureWatch | None = None  # under torchrun: one rank's failure reaches every rank
+    progress: dict[str, Any] = field(default_factory=dict)  # the unit in progress and its last epoch (rank 0)
 
 
 class RunCallbacks:
@@ -161,6 +169,7 @@ def preflight(cfg: ExperimentConfig) -> None:
         from experiment.augmentation import NNUNET_PARAMS
 
         cfg.augmentation_params = dict(NNUNET_PARAMS)
+    check_shard(cfg)  # a shard with no unit
     dataset = cfg.dataset_def()  # MSD/nnU-Net: their dataset.json must map
     for name in cfg.model_names:
         # the registry checks the name, the dim and the patch size
@@ -207,7 +216,7 @@ def open_run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[Run
     resuming = cfg.resume is not None
     path = cfg.resume if resuming else None
     if ctx.is_main and path is None:
-        path = RunFolder.create(cfg.results_dir).path
+        path = RunFolder.create(cfg.results_dir, suffix=shard_suffix(cfg)).path
     run = RunFolder(du.broadcast_object(str(path) if path else None), cfg.use_5fold, cfg.dataset_def().scheme)
     if ctx.is_main:
         add_log_file(run / LOG_FILE)
@@ -233,29 +242,51 @@ def _efficiency_on_main(state: RunState, name: str) -> tuple[dict, str]:
     cfg, ctx = state.cfg, state.ctx
     if name in state.efficiency:
         return state.efficiency[name]
-    values, notes = {}, ""
+    values, notes, error = {}, "", None
     if ctx.is_main:
-        if cfg.measure_efficiency:
-            values, stages, notes = measure_efficiency(name, cfg, ctx.device)
-            state.run.write_stage_pam(name, stages)
-        else:
-            model = get_model(name, cfg.dim, cfg.spatial_patch, cfg.dataset_def().num_classes)
-            values = {"params": count_parameters(model)}
-            notes = "efficiency measurement disabled"
-    du.barrier()
+        try:
+            if cfg.measure_efficiency:
+                values, stages, notes = measure_efficiency(name, cfg, ctx.device)
+                state.run.write_stage_pam(name, stages)
+            else:
+                model = get_model(name, cfg.dim, cfg.spatial_patch, cfg.output_channels())
+                values = {"params": count_parameters(model)}
+                notes = "efficiency measurement disabled"
+        except Exception as exc:
+            error = exc
+    # the others wait for rank 0's outcome; a failure there fails the unit on every rank at the same point
+    outcome = du.broadcast_object(None if error is None else first_line(error, with_type=True))
+    if error is not None:
+        raise error
+    if outcome is not None:
+        raise RuntimeError(f"efficiency measurement on rank 0 failed: {outcome}")
     state.efficiency[name] = (values, notes)
     return values, notes
 
 
-def _record_failure(state: RunState, key: UnitKey, epoch: int, exc: Exception) -> None:
+def _record_failure(state: RunState, key: UnitKey, epoch: int, exc: Exception, traceback: bool = True) -> None:
     reason = first_line(exc, with_type=True)
     if state.ctx.device.type == "cuda":
         torch.cuda.empty_cache()
     state.failed.append({**key.as_dict(), "epoch": epoch, "reason": reason})
     if state.ctx.is_main:
-        log.error("unit %s failed (%s); going on with the next unit", state.run.unit(key), reason, exc_info=exc)
+        log.error("unit %s failed (%s); going on with the next unit", state.run.unit(key), reason,
+                  exc_info=exc if traceback else None)
         state.run.record_failure(key, epoch, reason)
         notify(state, "on_unit_failed", key, epoch, reason)
+
+
+def _record_job_end(state: RunState, key: UnitKey, epoch: int, reason: str) -> None:
+    """A unit that failed on some ranks only ends the job (experiment/rank_failure.py): rank 0 records it, from
+    the watchdog thread, before every rank leaves; callbacks get 10 s."""
+    if state.progress.get("key") == key:  # the failing rank may not know (only rank 0 sees the epochs end)
+        epoch = state.progress["epoch"] + 1
+    log.error("unit %s failed: %s", state.run.unit(key), reason)
+    state.run.record_failure(key, epoch, reason)
+    log.error("continue with: python integrated_experiment.py --resume %s", state.run.path)
+    callbacks = threading.Thread(target=notify, args=(state, "on_unit_failed", key, epoch, reason), daemon=True)
+    callbacks.start()
+    callbacks.join(timeout=10)
 
 
 def _write_unit(state: RunState, key: UnitKey, result: TrainResult, evaluation: EvaluationResult,
@@ -281,7 +312,7 @@ def run_unit(state: RunState, key: UnitKey, split: dict[str, list[str]]) -> bool
     cfg, ctx, run = state.cfg, state.ctx, state.run
     if ctx.is_main and cfg.resume is not None:  # an unfinished unit's epoch rows come from its checkpoint
         run.reset_epoch_rows(key, load_checkpoint_curves(run.last_checkpoint(key)))
-    last_epoch = {"epoch": -1}
+    last_epoch = state.progress = {"key": key, "epoch": -1}
     notify(state, "on_unit_start", key)
 
     def on_epoch_end(row: dict[str, Any]) -> None:
@@ -312,7 +343,11 @@ def run_unit(state: RunState, key: UnitKey, split: dict[str, list[str]]) -> bool
     except Interrupted:
         raise
     except Exception as exc:  # NaN loss, out of memory, a bug in one model: contain it to this unit
-        _record_failure(state, key, last_epoch["epoch"] + 1, exc)
+        epoch = last_epoch["epoch"] + 1
+        if state.watch is not None:  # under torchrun: returns only if every rank failed here alike
+            log.error("unit %s failed on rank %d", run.unit(key), ctx.rank, exc_info=exc)
+            state.watch.unit_failed(key, run.unit(key), epoch, exc)
+        _record_failure(state, key, epoch, exc, traceback=state.watch is None)
         du.barrier()
         return False
     if ctx.is_main:
@@ -355,17 +390,30 @@ def _run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[RunCall
         cfg = resume_config(cfg)
     preflight(cfg)
     state = open_run(cfg, ctx, callbacks)
-    notify(state, "on_run_start")
-    for seed in cfg.seeds:
-        for split in state.splits[str(seed)]["folds"]:
-            for name in cfg.model_names:
-                key = UnitKey(name, seed, split["fold"])
-                if key in state.done:
-                    continue
-                try:
-                    run_unit(state, key, split)
-                except Interrupted:
-                    log.warning("interrupted during %s; continue with: python integrated_experiment.py "
-                                "--resume %s", state.run.unit(key), state.run.path)
-                    return RunSummary(state.run.path, EXIT_INTERRUPTED, state.failed)
-    return finish_run(state)
+    if ctx.distributed:
+        state.watch = RankFailureWatch.start(ctx, functools.partial(_record_job_end, state))
+    try:
+        notify(state, "on_run_start")
+        for key in units_in_order(state):
+            split = next(f for f in state.splits[str(key.seed)]["folds"] if f["fold"] == key.fold)
+            try:
+                run_unit(state, key, split)
+            except Interrupted:
+                log.warning("interrupted during %s; continue with: python integrated_experiment.py "
+                            "--resume %s", state.run.unit(key), state.run.path)
+                return RunSummary(state.run.path, EXIT_INTERRUPTED, state.failed)
+        return finish_run(state)
+    finally:
+        if state.watch is not None:
+            state.watch.close()
+
+
+def units_in_order(state: RunState) -> list[UnitKey]:
+    """The units this command runs (experiment/sharding.py: the experiment's order, this shard's units), less
+    the finished ones; on ``--resume`` the units in ``failed_runs.csv`` come last, so that a unit that fails
+    again (and may end the job under torchrun) never keeps the others from running. Rank 0's list, on every rank
+    (the ranks must run the same units in the same order, whatever their view of the shared file system)."""
+    todo = [key for key in shard_units(state.cfg) if key not in state.done]
+    failed = state.run.failed_units() if state.cfg.resume is not None and state.ctx.is_main else set()
+    order = [key for key in todo if key not in failed] + [key for key in todo if key in failed]
+    return [UnitKey(*k) for k in du.broadcast_object([(k.model, k.seed, k.fold) for k in order])]

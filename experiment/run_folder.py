@@ -194,6 +194,30 @@ class TestUnit:
     test_ids: list[str]
 
 
+def choose_checkpoints(found: Mapping[UnitKey, Path], where: str, models: Sequence[str] | None = None,
+                       seeds: Sequence[int] | None = None, folds: Sequence[int] | None = None) -> list[Path]:
+    """Of the best checkpoints ``found`` (by unit; ``where`` names their run folder(s) in errors), those of
+    ``models`` (default: the one model there; several models need ``models``), restricted to ``seeds`` and
+    ``folds`` when given, in file-name order (whatever folders hold them: an ensemble sums in one order)."""
+    available = sorted({key.model for key in found})
+    if not available:
+        raise FileNotFoundError(f"no *_best.pth checkpoints in {where}")
+    if not models and len(available) > 1:
+        raise ValueError(f"the run has best checkpoints of several models ({', '.join(available)}); "
+                         "choose with --models")
+    for model in models or ():
+        if model not in available:
+            raise ValueError(f"no best checkpoint of model {model!r} in {where} (it has: "
+                             f"{', '.join(available)})")
+    chosen = sorted((path for key, path in found.items() if key.model in (models or available)
+                     and (not seeds or key.seed in seeds) and (not folds or key.fold in folds)),
+                    key=lambda p: (p.name, str(p)))
+    if not chosen:
+        raise ValueError(f"no best checkpoint in {where} matches seeds {list(seeds or [])} "
+                         f"folds {list(folds or [])}")
+    return chosen
+
+
 class RunFolder:
     """One run folder: its paths, what it holds, and every write to it (call the writers on rank 0)."""
 
@@ -203,9 +227,11 @@ class RunFolder:
         self.scheme = scheme  # the data set's classes and regions: its metric columns
 
     @classmethod
-    def create(cls, results_dir: str | Path, use_5fold: bool = False, scheme: LabelScheme = CLASSIC) -> RunFolder:
-        """A new, empty ``integrated_experiment_results_{timestamp}`` folder (``_1``, ``_2`` ... on a clash)."""
-        base = Path(results_dir) / f"{RUN_PREFIX}{_dt.datetime.now():%Y%m%d_%H%M%S}"
+    def create(cls, results_dir: str | Path, use_5fold: bool = False, scheme: LabelScheme = CLASSIC,
+               suffix: str = "") -> RunFolder:
+        """A new, empty ``integrated_experiment_results_{timestamp}{suffix}`` folder (``_1``, ``_2`` ... on a
+        clash); a shard's ``suffix`` is ``_shard_I_of_N`` (experiment/sharding.py)."""
+        base = Path(results_dir) / f"{RUN_PREFIX}{_dt.datetime.now():%Y%m%d_%H%M%S}{suffix}"
         path, i = base, 1
         while True:
             try:
@@ -295,23 +321,7 @@ class RunFolder:
                            folds: Sequence[int] | None = None) -> list[Path]:
         """The best checkpoints to ensemble: those of ``models`` (default: the run's one model; a run of several
         models needs ``models``), restricted to ``seeds`` and ``folds`` when given."""
-        found = self.checkpoint_units()
-        available = sorted({key.model for key in found})
-        if not available:
-            raise FileNotFoundError(f"no *_best.pth checkpoints in {self.path}")
-        if not models and len(available) > 1:
-            raise ValueError(f"the run has best checkpoints of several models ({', '.join(available)}); "
-                             "choose with --models")
-        for model in models or ():
-            if model not in available:
-                raise ValueError(f"no best checkpoint of model {model!r} in {self.path} (it has: "
-                                 f"{', '.join(available)})")
-        chosen = [path for key, path in found.items() if key.model in (models or available)
-                  and (not seeds or key.seed in seeds) and (not folds or key.fold in folds)]
-        if not chosen:
-            raise ValueError(f"no best checkpoint in {self.path} matches seeds {list(seeds or [])} "
-                             f"folds {list(folds or [])}")
-        return chosen
+        return choose_checkpoints(self.checkpoint_units(), str(self.path), models, seeds, folds)
 
     # ------------------------------------------------------------------ run-level files
     def write_config(self, record: Mapping[str, Any]) -> None:
@@ -335,6 +345,11 @@ class RunFolder:
     def finished_units(self) -> set[UnitKey]:
         done = read_csv(self.path / RESULTS_CSV, RESULT_COLUMNS)
         return {UnitKey.of(row) for row in done.to_dict("records")}
+
+    def failed_units(self) -> set[UnitKey]:
+        """The units ``failed_runs.csv`` records (finished or not since)."""
+        failed = read_csv(self.path / FAILED_CSV, FAILED_COLUMNS)
+        return {UnitKey.of(row) for row in failed.to_dict("records")}
 
     # ------------------------------------------------------------------ a unit's rows
     def append_epoch(self, key: UnitKey, row: Mapping[str, Any]) -> None:

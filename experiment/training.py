@@ -185,6 +185,10 @@ class UnitTrainer:
     :meth:`batch_transform`. ``self.model`` is the bare model, ``self.cfg`` the run's configuration.
     """
 
+    augment: Any = None  # the nnunet augmentation (--augmentation nnunet), built with the model
+    loader_patch: tuple[int, ...] | None = None  # the larger region the loader crops for it
+    step: int = 0  # the batch's index in the epoch (seeds the augmentation)
+
     def __init__(self, model_name: str, cfg: ExperimentConfig, cache: Any, split: dict[str, list[str]],
                  key: UnitKey, run: RunFolder, ctx: du.DistContext) -> None:
         self.model_name, self.cfg, self.cache, self.split, self.key, self.run, self.ctx = (

@@ -85,7 +85,7 @@ def test_first_line_of_any_exception(message, expected, typed):
 
 @pytest.mark.parametrize("cli,target,argv", [
     (predict, "predict_folder", ["--run_dir", "r", "--input", "i", "--output", "o"]),
-    (evaluate_experiment, "evaluate_run", ["--results_dir", "r"]),
+    (evaluate_experiment, "evaluate_runs", ["--results_dir", "r"]),
 ])
 def test_an_empty_error_message_still_gives_one_readable_line(cli, target, argv, monkeypatch, capsys):
     def fail(*args, **kwargs):

@@ -41,7 +41,7 @@ from metrics import REGION_METRIC_KEYS
 
 def test_every_cli_option_is_a_config_field_and_maps_back():
     parser = integrated_experiment.build_parser()
-    dests = {a.dest for a in parser._actions} - {"help", "list_models", "preprocess_only"}
+    dests = {a.dest for a in parser._actions} - {"help", "list_models", "list_units", "preprocess_only"}
     assert dests == {f.name for f in cli_fields()}
     args = ["--dim", "3d", "--epochs", "3", "--seeds", "1", "2", "--patch_size", "32", "32", "32",
             "--synthetic_shape", "40", "48", "56", "--no_efficiency", "--use_5fold", "--amp", "fp16",

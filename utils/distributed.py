@@ -139,6 +139,23 @@ def any_rank_true(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+def job_store(timeout_s: float = 30.0) -> Any:
+    """A client of the job's key-value store, of its own (one TCP connection; thread-safe): torchrun's
+    rendezvous store at ``MASTER_ADDR:MASTER_PORT`` (also across nodes), else the process group's store."""
+    if os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT"):
+        return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                             timeout=_dt.timedelta(seconds=timeout_s))
+    return dist.distributed_c10d._get_default_store()
+
+
+def collective_seq() -> int:
+    """How many collectives this rank has entered in the default process group (the backend's sequence
+    number, gloo and NCCL): equal on every rank wherever no collective is pending. 0 in one process."""
+    if not _active():
+        return 0
+    return int(dist.group.WORLD._get_sequence_number_for_group())
+
+
 def cleanup() -> None:
     if _active():
         dist.destroy_process_group()

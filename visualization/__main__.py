@@ -4,12 +4,14 @@ jobs and write their comparison table, statistics, ranking and charts into DIR (
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from utils.errors import first_line
-from visualization.merge import MergeError, merge_runs
+from visualization.merge import MERGED_JSON, MergeError, merge_runs
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"merged {len(args.run_dirs)} run folders into {args.output}: "
           + ", ".join(p.name for p in written))
+    missing = json.loads((Path(args.output) / MERGED_JSON).read_text()).get("missing_units") or []
+    if missing:
+        names = ", ".join(f"{u['model']} seed {u['seed']} fold {u['fold']}" for u in missing[:5])
+        print(f"warning: {len(missing)} unit(s) of the experiment finished in none of these runs ({names}"
+              f"{' ...' if len(missing) > 5 else ''}); see their failed_runs.csv, merged_runs.json", file=sys.stderr)
     return 0
 
 

@@ -7,9 +7,12 @@ The per-unit tables of the runs are concatenated (``integrated_experiment_result
 ``stage_wise_pam_results.csv``: first run's rows of a model win) with a ``source_run`` column, and DIR
 gets them plus ``model_comparison.csv``, ``statistical_tests.csv``, ``ranking.csv`` (the same code as
 the end of a run: ``experiment.run_folder.write_comparison_files``), every chart, ``splits.json`` (the
-seeds of all runs) and ``merged_runs.json`` (the sources). Refused (:class:`MergeError`): a folder
-without results or splits, the same (model, seed, fold) in two runs, or a seed whose test splits
-differ between two runs that both hold results of it (paired comparisons need the same test cases).
+seeds of all runs) and ``merged_runs.json`` (the sources, and ``missing_units``: the units of the runs'
+experiments, from their ``config.json``, that none of them finished; the shards of a sweep merge into the
+whole experiment when none is missing, a shard left out or a failed unit is listed). Refused
+(:class:`MergeError`): a folder without results or splits, the same (model, seed, fold) in two runs, or a
+seed whose test splits differ between two runs that both hold results of it (paired comparisons need the
+same test cases).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from experiment.config import load_run_config
 from experiment.run_folder import (
     CONFIG_JSON,
     EPOCHS_CSV,
@@ -30,8 +34,10 @@ from experiment.run_folder import (
     SPLITS_JSON,
     STAGE_PAM_CSV,
     UNIT_COLUMNS,
+    UnitKey,
     write_comparison_files,
 )
+from experiment.sharding import experiment_units
 from utils.io import read_csv, write_csv, write_json
 from visualization.visualization_dataframe import make_all_plots
 
@@ -115,6 +121,19 @@ def check_mergeable(runs: Sequence[dict[str, Any]]) -> None:
                                  "made with the same data, seeds and --use_5fold")
 
 
+def expected_units(paths: Sequence[Path]) -> list[UnitKey] | None:
+    """The units of the experiments the runs belong to (every shard's, for a shard), from their config.json;
+    ``None`` when a run has no readable configuration."""
+    units: dict[UnitKey, None] = {}
+    for path in paths:
+        try:
+            cfg = load_run_config(path)
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        units.update(dict.fromkeys(experiment_units(cfg)))
+    return list(units)
+
+
 def merge_runs(run_dirs: Sequence[str | Path], output: str | Path) -> list[Path]:
     """Merge ``run_dirs`` into ``output`` (created): tables, comparison, statistics, ranking, charts.
     Returns the written files. Raises :class:`MergeError` (module docstring)."""
@@ -153,8 +172,12 @@ def merge_runs(run_dirs: Sequence[str | Path], output: str | Path) -> list[Path]
         for seed, entry in run["splits"].items():
             splits.setdefault(seed, entry)
     write_json(output / SPLITS_JSON, splits)
-    write_json(output / MERGED_JSON, {"runs": [str(p) for p in paths],
-                                      "units": int(len(tables[RESULTS_CSV]))})
+    merged = {UnitKey.of(row) for row in tables[RESULTS_CSV][UNIT_COLUMNS].to_dict("records")}
+    expected = expected_units(paths)
+    missing = None if expected is None else [k.as_dict() for k in expected if k not in merged]
+    write_json(output / MERGED_JSON, {"runs": [str(p) for p in paths], "units": int(len(tables[RESULTS_CSV])),
+                                      "expected_units": None if expected is None else len(expected),
+                                      "missing_units": missing})
     per_case = tables[PER_CASE_CSV]
     write_comparison_files(output, tables[RESULTS_CSV], per_case if not per_case.empty else None)
     written += [output / SPLITS_JSON, output / MERGED_JSON]
