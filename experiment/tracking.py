@@ -204,8 +204,9 @@ class Tracker(RunCallbacks):
             fn(*args)
         except Exception as exc:  # a tracker must never cost the run
             self.active = False
-            log.warning("warning: %s tracking failed while %s (%s); it is off for the rest of this run (the run "
-                        "folder holds every value)", self.kind, what, first_line(exc, with_type=True))
+            hint = " (pip install -r requirements.txt)" if isinstance(exc, ImportError) else ""
+            log.warning("warning: %s tracking failed while %s (%s)%s; it is off for the rest of this run (the run "
+                        "folder holds every value)", self.kind, what, first_line(exc, with_type=True), hint)
             try:
                 self.abandon()
             except Exception:  # already failing: the warning above says enough
@@ -383,6 +384,7 @@ class MlflowTracker(Tracker):
         self.client: Any = None
         self.experiment_id: str | None = None
         self.run_id: str | None = None
+        self.pending: list[Any] = []  # asynchronous log_batch operations not yet waited for
 
     def start(self, state: RunState) -> None:
         for name, value in MLFLOW_HTTP_DEFAULTS.items():
@@ -431,12 +433,23 @@ class MlflowTracker(Tracker):
             self.client.log_batch(self.run_id, params=params[i:i + 100])
 
     def log(self, values: Mapping[str, float], step: int) -> None:
+        """Queued (MLflow's asynchronous logging): training never waits for the store or the server; every epoch
+        end (:meth:`flush`) waits for what was queued, so a failure is seen there."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, int(step)) for k, v in values.items()])
+        operation = self.client.log_batch(self.run_id, synchronous=False,
+                                          metrics=[Metric(k, float(v), now, int(step)) for k, v in values.items()])
+        if operation is not None:
+            self.pending.append(operation)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        for operation in pending:  # each one: waiting for the last only does not wait for the others
+            operation.wait()
 
     def close_unit(self, state: RunState, unit: UnitLog, status: str, detail: str = "") -> None:
+        self.flush()
         run_id, self.run_id = self.run_id, None
         if status == "FINISHED":
             checkpoint = state.run.best_checkpoint(unit.key)
@@ -468,12 +481,13 @@ class MlflowTracker(Tracker):
                 self.client.log_artifacts(run.info.run_id, tmp, "run")
 
     def shutdown(self) -> None:
+        self.flush()
         if self.run_id is not None and self.client is not None:
             run_id, self.run_id = self.run_id, None
             self.client.set_terminated(run_id, status="KILLED")
 
     def abandon(self) -> None:
-        self.run_id = None  # its status stays RUNNING; a --resume reopens it
+        self.pending, self.run_id = [], None  # its status stays RUNNING; a --resume reopens it
 
 
 def make_trackers(cfg: ExperimentConfig) -> list[Tracker]:

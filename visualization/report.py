@@ -279,8 +279,8 @@ def _split_table(folder: Folder) -> Table:
                 detail = ", ".join(f"{s}: {n}" for s, n in sorted(counts.items()) if s)
                 cells.append([f"{len(ids)}" + (f" ({detail})" if detail else "")])
             table.rows.append(Row({}, cells))
-    table.note = ("strata: the grade where the layout has one and whether the case has enhancing tumour (ET / "
-                  "noET); cases of one patient never cross splits")
+    table.note = ("cases per split, by stratum: the grade where the layout has one (HGG/LGG) and whether the case "
+                  "has enhancing tumour (ET / no-ET); cases of one patient never cross splits")
     return table
 
 
@@ -406,7 +406,8 @@ def _colors(models: Sequence[str]) -> dict[str, str]:
 
 
 def _figure_html(fig: go.Figure, div_id: str) -> str:
-    fig.update_layout(template="plotly_white", font={"size": 12}, margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    fig.update_layout(template="plotly_white", font={"size": 12}, margin={"l": 60, "r": 20, "t": 50, "b": 50},
+                      legend={"orientation": "h", "yanchor": "top", "y": -0.15, "xanchor": "left", "x": 0})
     return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
                        config={"displaylogo": False, "responsive": True})
 
@@ -453,7 +454,7 @@ def pareto_figure(comparison: pd.DataFrame) -> go.Figure | None:
                                      name="Pareto front", legendgroup="front", showlegend=col == 1), row=1, col=col)
         fig.update_xaxes(type="log", row=1, col=col)
     fig.update_yaxes(title_text="test mean Dice (WT/TC/ET)", row=1, col=1)
-    fig.update_layout(height=420, margin={"t": 70})
+    fig.update_layout(height=460, margin={"t": 70})
     return fig
 
 
@@ -484,7 +485,7 @@ def per_case_figure(per_case: pd.DataFrame, models: Sequence[str]) -> go.Figure 
                 row=r, col=1)
         fig.update_yaxes(title_text=name, range=[-0.02, 1.02], row=r, col=1)
     fig.update_xaxes(categoryorder="array", categoryarray=order)
-    fig.update_layout(boxmode="group", height=380 * len(rows))
+    fig.update_layout(boxmode="group", height=380 * len(rows) + 60)
     return fig
 
 
@@ -508,7 +509,7 @@ def learning_figure(epochs: pd.DataFrame, models: Sequence[str]) -> go.Figure | 
         fig.update_xaxes(title_text="epoch", row=1, col=col)
     if data["epoch"].nunique() <= 20:
         fig.update_xaxes(dtick=1)
-    fig.update_layout(height=400)
+    fig.update_layout(height=440)
     return fig
 
 
