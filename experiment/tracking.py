@@ -217,16 +217,20 @@ class Tracker(RunCallbacks):
         self._safely("starting", self.start, state)
 
     def on_unit_start(self, state: RunState, key: UnitKey) -> None:
-        if not self.active:
-            return
+        self.unit = None
+        self._safely(f"opening unit {state.run.unit(key)}", self._open, state, key)
+
+    def _open(self, state: RunState, key: UnitKey) -> None:
+        """The unit's steps (its split's training budget) and where it starts: after the epoch rows it has
+        (a unit continued by --resume has its checkpoint's rows), then :meth:`open_unit`."""
         cfg = state.cfg
         budget = training_budget(cfg, len(unit_split(state, key)["train"]), state.ctx.world_size)
         done = unit_rows(state, key, EPOCHS_CSV, EPOCH_COLUMNS)
         start = int(done["epoch"].max()) + 1 if not done.empty else 0
-        self.unit = UnitLog(key, state.run.unit(key), budget["steps_per_epoch"],
-                            budget["samples_seen"] // max(cfg.epochs, 1), budget["global_batch_size"], cfg.epochs,
-                            start)
-        self._safely(f"opening unit {self.unit.name}", self.open_unit, state, self.unit)
+        unit = UnitLog(key, state.run.unit(key), budget["steps_per_epoch"],
+                       budget["samples_seen"] // max(cfg.epochs, 1), budget["global_batch_size"], cfg.epochs, start)
+        self.open_unit(state, unit)
+        self.unit = unit
 
     def on_train_progress(self, state: RunState, key: UnitKey, epoch: int, step: int, loss: float) -> None:
         unit = self.unit
