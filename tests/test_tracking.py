@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -237,6 +243,72 @@ def test_a_resumed_unit_logs_into_its_own_run(data_root, tmp_path, monkeypatch, 
         assert [s for s, _ in history(client, r.info.run_id, "test/dice_mean")] == [3 * STEPS]
         assert {a.path for a in client.list_artifacts(r.info.run_id, "checkpoint")} == {
             "checkpoint/unet3d_xs_seed_24_best.pth"}
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A local MLflow tracking server (``mlflow server``, the full ``mlflow`` package of requirements-dev.txt) on a
+    free loopback port, with its own SQLite store and proxied artifacts; stopped after the test."""
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow.server") is None or importlib.util.find_spec("flask") is None:
+        why = "the MLflow server needs the full mlflow package (pip install -r requirements-dev.txt)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--artifacts-destination", str(tmp_path / "server_artifacts")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"mlflow server did not start: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+        yield url, tmp_path / "server_artifacts"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+def test_a_tracking_server_uri_works_the_same(data_root, tmp_path, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    url, artifacts = mlflow_server
+    cfg = config(data_root, tmp_path / "results", models=["unet3d_xs"], epochs=1, iters_per_epoch=STEPS,
+                 tracker="mlflow", mlflow_uri=url)
+    summary = run_integrated_experiment(cfg)
+    assert summary.exit_code == 0 and "WARNING" not in (summary.run_dir / "run.log").read_text()
+    assert not {"mlflow.db", "mlartifacts"} & {p.name for p in summary.run_dir.iterdir()}, "the server keeps it all"
+    client = MlflowClient(tracking_uri=url)
+    experiment = client.get_experiment_by_name(summary.run_dir.name)
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.tags["unit"] == "unet3d_xs_seed_24" and run.info.status == "FINISHED"
+    epochs = unit_rows(summary.run_dir, "all_epochs_results.csv", "unet3d_xs")
+    assert history(client, run.info.run_id, "train/loss") == [(STEPS, pytest.approx(epochs["train_loss"].iloc[0]))]
+    assert [s for s, _ in history(client, run.info.run_id, PROGRESS_METRIC)] == [16, 17]
+    results = pd.read_csv(summary.run_dir / "integrated_experiment_results.csv")
+    assert run.data.metrics["test/dice_mean"] == pytest.approx(results["test_dice_mean"].iloc[0])
+    stored = list(artifacts.rglob("checkpoint/unet3d_xs_seed_24_best.pth"))
+    assert len(stored) == 1 and stored[0].read_bytes() == (summary.run_dir / "unet3d_xs_seed_24_best.pth").read_bytes()
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"checkpoint", "csv", "run"}
 
 
 def test_an_unreachable_mlflow_server_leaves_the_run_complete_with_a_warning(data_root, tmp_path, monkeypatch):
