@@ -77,6 +77,11 @@ def test_torchrun_two_processes_gloo(data_root, tmp_path):
     for seed in (24, 42):
         ckpt = torch.load(run / f"unet3d_xs_seed_{seed}_best.pth", weights_only=True)
         assert ckpt["model_name"] == "unet3d_xs" and not any(k.startswith("module.") for k in ckpt["state_dict"])
+    # the default tracker under torchrun: rank 0 alone writes, one TensorBoard run (one event file) per unit
+    units = sorted((run / "tensorboard").iterdir())
+    assert [u.name for u in units] == ["unet3d_xs_seed_24", "unet3d_xs_seed_42"]
+    assert all(len(list(u.glob("events.out.tfevents.*"))) == 1 for u in units)
+    assert (run / "report.html").is_file()
 
 
 def _wait_for_epoch_row(path: Path, model: str, proc: subprocess.Popen, timeout: float = 400) -> None:
