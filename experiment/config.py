@@ -36,10 +36,12 @@ DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-5, "sgd": 3e-5}
 N_FOLDS = 5  # --use_5fold
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+TRACKERS = ("none", "tensorboard", "mlflow")  # experiment/tracking.py
+DEFAULT_TRACKER = "tensorboard"
 
 # What a later command may change about an existing run: where and how it runs, never what it is.
 RUNTIME_FIELDS: tuple[str, ...] = ("data_path", "cache_dir", "device", "num_workers", "sharing_strategy",
-                                   "preprocess_workers")
+                                   "preprocess_workers", "tracker", "mlflow_uri")
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -176,6 +178,12 @@ class ExperimentConfig:
                                "N); the run folder's name ends with _shard_I_of_N", type=str, metavar="I/N")
     measure_efficiency: bool = option(True, "skip FLOPs/PAM/latency measurement", flag="--no_efficiency")
     gradcam: bool = option(False, "Grad-CAM slice overlays of the first test case per model (MONAI)")
+    tracker: str = option(DEFAULT_TRACKER, "live tracking of each unit on rank 0: TensorBoard runs in "
+                          "RUN_DIR/tensorboard/{unit}, one MLflow run per unit (--mlflow_uri), or none",
+                          choices=TRACKERS)
+    mlflow_uri: str | None = option(None, "MLflow tracking URI of --tracker mlflow: a server (http://host:5000) "
+                                    "or a store (sqlite:///path.db); default: sqlite:///RUN_DIR/mlflow.db",
+                                    type=str, metavar="URI")
     # configuration only (no flag)
     weight_decay: float | None = None  # default: 1e-5 with adamw, 3e-5 with sgd (nnU-Net's)
     augmentation_params: dict[str, Any] | None = None  # the nnunet augmentation's ranges, recorded when a run opens
@@ -186,7 +194,7 @@ class ExperimentConfig:
             raise ValueError(f"--dim must be 2d or 3d, got {self.dim!r}")
         choices = {"dataset_version": DATASET_VERSIONS, "loss": LOSSES, "amp": AMP_MODES,
                    "sharing_strategy": ("file_descriptor", "file_system"), "synthetic_task": SYNTHETIC_TASKS,
-                   "optimizer": OPTIMIZERS, "augmentation": AUGMENTATIONS}
+                   "optimizer": OPTIMIZERS, "augmentation": AUGMENTATIONS, "tracker": TRACKERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -410,11 +418,15 @@ def resume_config(cfg: ExperimentConfig) -> ExperimentConfig:
     """``--resume RUN_DIR``: the run's configuration, with this command's runtime settings.
 
     The device, worker count and sharing strategy always come from this command; the data path and
-    the cache folder only where this command sets them (the data moved since the run).
+    the cache folder only where this command sets them (the data moved since the run); the tracker and the
+    MLflow URI stay the run's unless this command gives others (a server that moved), so resumed units go on
+    logging into their own TensorBoard/MLflow runs.
     """
-    runtime = {k: getattr(cfg, k) for k in ("device", "num_workers", "sharing_strategy", "cache_dir")}
+    runtime = {k: getattr(cfg, k) for k in ("device", "num_workers", "sharing_strategy", "cache_dir", "mlflow_uri")}
     if cfg.data_path and cfg.data_path != DEFAULT_DATA_PATH:
         runtime["data_path"] = cfg.data_path
+    if cfg.tracker != DEFAULT_TRACKER:  # the run keeps its tracker unless this command names another one
+        runtime["tracker"] = cfg.tracker
     merged = load_run_config(cfg.resume, **runtime)
     merged.resume = cfg.resume
     return merged

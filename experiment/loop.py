@@ -9,7 +9,8 @@
         finish_run(...)                model_comparison.csv, statistics -> on_run_end
 
 What is drawn or reported is not the loop's business: :class:`RunCallbacks` objects given by the caller
-(the CLI passes ``visualization.ChartCallbacks``: charts, slice figures, Grad-CAM) are called on rank 0,
+(the CLI passes ``visualization.ChartCallbacks``: charts, slice figures, Grad-CAM, report.html), then the
+trackers of ``--tracker`` (``experiment/tracking.py``: TensorBoard, MLflow), are called on rank 0,
 and a callback that fails is a warning in ``run.log``, never a lost result. ``experiment/`` never imports
 ``visualization/``.
 """
@@ -80,8 +81,8 @@ class RunCallbacks:
 
     Called on rank 0 only, after the run folder holds what they describe, in this order: ``on_run_start``;
     per unit ``on_unit_start``, ``on_train_progress`` (every ``CHECK_EVERY`` steps), ``on_epoch_end``, then
-    ``on_unit_end`` or ``on_unit_failed``; ``on_run_end``. An exception in a callback is logged as a warning
-    and the run goes on.
+    ``on_unit_end`` or ``on_unit_failed`` (or ``on_unit_interrupted``, and the run ends); ``on_run_end``. An
+    exception in a callback is logged as a warning and the run goes on.
     """
 
     def on_run_start(self, state: RunState) -> None:
@@ -101,6 +102,9 @@ class RunCallbacks:
 
     def on_unit_failed(self, state: RunState, key: UnitKey, epoch: int, reason: str) -> None:
         """A unit failed (recorded in failed_runs.csv); the run goes on with the next one."""
+
+    def on_unit_interrupted(self, state: RunState, key: UnitKey) -> None:
+        """A stop request (SIGINT/SIGTERM) ended the unit, which stays resumable, and the run."""
 
     def on_run_end(self, state: RunState) -> None:
         """Every unit ran; the comparison, statistics and ranking files are written."""
@@ -389,7 +393,9 @@ def _run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[RunCall
     if cfg.resume is not None:
         cfg = resume_config(cfg)
     preflight(cfg)
-    state = open_run(cfg, ctx, callbacks)
+    from experiment.tracking import make_trackers  # trackers are run callbacks too (--tracker); after the caller's
+
+    state = open_run(cfg, ctx, [*callbacks, *make_trackers(cfg)])
     if ctx.distributed:
         state.watch = RankFailureWatch.start(ctx, functools.partial(_record_job_end, state))
     try:
@@ -399,6 +405,7 @@ def _run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[RunCall
             try:
                 run_unit(state, key, split)
             except Interrupted:
+                notify(state, "on_unit_interrupted", key)
                 log.warning("interrupted during %s; continue with: python integrated_experiment.py "
                             "--resume %s", state.run.unit(key), state.run.path)
                 return RunSummary(state.run.path, EXIT_INTERRUPTED, state.failed)

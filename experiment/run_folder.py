@@ -50,6 +50,10 @@ REFERENCES_DIR = "references"
 OFFICIAL_METRICS_CSV = "official_brats_metrics.csv"
 LOG_FILE = "run.log"
 LAST_DIR = "last"
+REPORT_HTML = "report.html"  # the one-page report (visualization/report.py; python -m visualization RUN --report)
+TENSORBOARD_DIR = "tensorboard"  # {unit}/ event files of --tracker tensorboard (experiment/tracking.py)
+MLFLOW_DB = "mlflow.db"  # --tracker mlflow without --mlflow_uri: MLflow's SQLite store ...
+MLFLOW_ARTIFACTS_DIR = "mlartifacts"  # ... and its artifacts ({mlflow run id}/artifacts/)
 
 # ----------------------------------------------------------------------------- columns
 # The metric columns follow the data set's label scheme (utils/labels.py): Dice/HD95/NSD of every region,
@@ -267,6 +271,10 @@ class RunFolder:
 
     def gradcam_figure(self, key: UnitKey) -> Path:
         return self.path / f"gradcam_{self.unit(key)}.png"
+
+    def tensorboard_dir(self, key: UnitKey) -> Path:
+        """``tensorboard/{unit}/``: the unit's TensorBoard run (``--tracker tensorboard``)."""
+        return self.path / TENSORBOARD_DIR / self.unit(key)
 
     def prediction_dir(self, key: UnitKey) -> Path:
         """``predictions/{unit}/`` of ``--export_predictions``."""

@@ -77,6 +77,11 @@ def test_torchrun_two_processes_gloo(data_root, tmp_path):
     for seed in (24, 42):
         ckpt = torch.load(run / f"unet3d_xs_seed_{seed}_best.pth", weights_only=True)
         assert ckpt["model_name"] == "unet3d_xs" and not any(k.startswith("module.") for k in ckpt["state_dict"])
+    # the default tracker under torchrun: rank 0 alone writes, one TensorBoard run (one event file) per unit
+    units = sorted((run / "tensorboard").iterdir())
+    assert [u.name for u in units] == ["unet3d_xs_seed_24", "unet3d_xs_seed_42"]
+    assert all(len(list(u.glob("events.out.tfevents.*"))) == 1 for u in units)
+    assert (run / "report.html").is_file()
 
 
 def _wait_for_epoch_row(path: Path, model: str, proc: subprocess.Popen, timeout: float = 400) -> None:
@@ -142,6 +147,22 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data_root, tmp_path):
     pd.testing.assert_frame_equal(
         epochs.sort_values(order)[order + ["train_loss", "val_dice_mean"]].reset_index(drop=True),
         ref_epochs.sort_values(order)[order + ["train_loss", "val_dice_mean"]].reset_index(drop=True), rtol=1e-5)
+    # TensorBoard (the default tracker): the killed unit's run got the resumed process's event file, and each step
+    # shows once: what the killed process logged after the last checkpoint is discarded, that epoch logged again
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = json.loads((run / "config.json").read_text())["steps_per_epoch"]
+    assert len(list((run / "tensorboard" / f"{models[1]}_seed_24").glob("events.out.tfevents.*"))) == 2
+    for model in models:
+        acc = EventAccumulator(str(run / "tensorboard" / f"{model}_seed_24"), size_guidance={"scalars": 0})
+        acc.Reload()
+        losses = acc.Scalars("train/loss")
+        assert [e.step for e in losses] == [steps, 2 * steps, 3 * steps], model
+        rows = epochs[epochs["model"] == model].sort_values("epoch")
+        assert [e.value for e in losses] == pytest.approx(list(rows["train_loss"]), rel=1e-6)
+        running = [e.step for e in acc.Scalars("train/loss_running")]
+        assert running == sorted(set(running)) and running[-1] == 3 * steps, model
+        assert [e.step for e in acc.Scalars("test/dice_mean")] == [3 * steps]
 
 
 def test_sigterm_stops_cleanly_and_leaves_a_resumable_run(data_root, tmp_path):

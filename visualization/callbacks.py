@@ -3,8 +3,9 @@ imports ``visualization/``; the CLI (and the ``experiment_runner`` facade) pass 
 
 - after each unit: with ``--gradcam``, ``gradcam_{unit}.png``; the first test case's prediction of the
   first seed is kept for the slice figures;
-- at the end of the run: every chart of the run folder's CSVs (:func:`make_all_plots`) and one slice
-  figure per (seed, fold) with the ground truth and every model's segmentation of that case.
+- at the end of the run: every chart of the run folder's CSVs (:func:`make_all_plots`), one slice
+  figure per (seed, fold) with the ground truth and every model's segmentation of that case, then
+  ``report.html`` (visualization/report.py), which embeds them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from experiment.loop import RunCallbacks, RunState
 from experiment.run_folder import UnitKey
 from utils.errors import first_line
 from visualization.gradcam import write_unit_gradcam
+from visualization.report import write_report
 from visualization.visualization_3d import plot_segmentation_slices
 from visualization.visualization_dataframe import make_all_plots
 
@@ -28,7 +30,7 @@ SLICE_MODALITIES = ("t1ce", "flair")  # the modalities drawn in the segmentation
 
 
 class ChartCallbacks(RunCallbacks):
-    """Charts, slice figures and Grad-CAM overlays of a run (rank 0; a failure only warns)."""
+    """Charts, slice figures, Grad-CAM overlays and report.html of a run (rank 0; a failure only warns)."""
 
     def __init__(self) -> None:
         self.cases: dict[tuple[int, int, str], dict[str, Any]] = {}
@@ -61,3 +63,7 @@ class ChartCallbacks(RunCallbacks):
                                          modality_names=list(SLICE_MODALITIES), scheme=state.run.scheme)
             except Exception as exc:
                 log.warning("warning: slice figure of %s failed: %s", case_id, first_line(exc, with_type=True))
+        try:
+            write_report(state.run.path)
+        except Exception as exc:  # the report must never cost the results
+            log.warning("warning: report.html failed: %s", first_line(exc, with_type=True))

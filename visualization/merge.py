@@ -4,12 +4,13 @@
 
 The per-unit tables of the runs are concatenated (``integrated_experiment_results.csv``,
 ``per_case_results.csv``, ``all_epochs_results.csv``, ``modality_contributions.csv``,
-``stage_wise_pam_results.csv``: first run's rows of a model win) with a ``source_run`` column, and DIR
-gets them plus ``model_comparison.csv``, ``statistical_tests.csv``, ``ranking.csv`` (the same code as
-the end of a run: ``experiment.run_folder.write_comparison_files``), every chart, ``splits.json`` (the
-seeds of all runs) and ``merged_runs.json`` (the sources, and ``missing_units``: the units of the runs'
-experiments, from their ``config.json``, that none of them finished; the shards of a sweep merge into the
-whole experiment when none is missing, a shard left out or a failed unit is listed). Refused
+``stage_wise_pam_results.csv``: first run's rows of a model win; ``failed_runs.csv``,
+``skipped_cases.csv``) with a ``source_run`` column, and DIR gets them plus ``model_comparison.csv``,
+``statistical_tests.csv``, ``ranking.csv`` (the same code as the end of a run:
+``experiment.run_folder.write_comparison_files``), every chart, ``splits.json`` (the seeds of all runs),
+``merged_runs.json`` (the sources and their ``config.json`` records, and ``missing_units``: the units of the
+runs' experiments that none of them finished; the shards of a sweep merge into the whole experiment when none
+is missing, a shard left out or a failed unit is listed) and ``report.html``. Refused
 (:class:`MergeError`): a folder without results or splits, the same (model, seed, fold) in two runs, or a
 seed whose test splits differ between two runs that both hold results of it (paired comparisons need the
 same test cases).
@@ -28,9 +29,11 @@ from experiment.config import load_run_config
 from experiment.run_folder import (
     CONFIG_JSON,
     EPOCHS_CSV,
+    FAILED_CSV,
     MODALITY_CSV,
     PER_CASE_CSV,
     RESULTS_CSV,
+    SKIPPED_CSV,
     SPLITS_JSON,
     STAGE_PAM_CSV,
     UNIT_COLUMNS,
@@ -38,12 +41,12 @@ from experiment.run_folder import (
     write_comparison_files,
 )
 from experiment.sharding import experiment_units
-from utils.io import read_csv, write_csv, write_json
+from utils.io import read_csv, read_json, write_csv, write_json
+from visualization.report import MERGED_JSON, SOURCE_COLUMN, write_report
 from visualization.visualization_dataframe import make_all_plots
 
-MERGED_JSON = "merged_runs.json"
-SOURCE_COLUMN = "source_run"
 UNIT_TABLES = (RESULTS_CSV, PER_CASE_CSV, EPOCHS_CSV, MODALITY_CSV)
+RECORD_TABLES = (FAILED_CSV, SKIPPED_CSV)  # each run's failed units and skipped cases, concatenated
 
 
 class MergeError(ValueError):
@@ -70,10 +73,12 @@ def _load_run(path: Path) -> dict[str, Any]:
         raise MergeError(f"{path} has no finished units ({RESULTS_CSV} missing or empty)")
     if not (path / SPLITS_JSON).is_file():
         raise MergeError(f"{path} has no {SPLITS_JSON}; the test splits of its seeds cannot be checked")
-    config = json.loads((path / CONFIG_JSON).read_text()).get("config", {}) if (path / CONFIG_JSON).is_file() else {}
+    config = read_json(path / CONFIG_JSON) if (path / CONFIG_JSON).is_file() else {}
+    config = config if isinstance(config, dict) else {}
     return {"path": path, "results": results, "splits": json.loads((path / SPLITS_JSON).read_text()),
-            "tables": {name: _read(path / name) for name in UNIT_TABLES[1:] + (STAGE_PAM_CSV,)},
-            "dataset": _dataset_identity(config)}
+            "config": config,
+            "tables": {name: _read(path / name) for name in UNIT_TABLES[1:] + RECORD_TABLES + (STAGE_PAM_CSV,)},
+            "dataset": _dataset_identity(config.get("config", {}))}
 
 
 def _dataset_identity(config: dict[str, Any]) -> tuple[str, str] | None:
@@ -155,7 +160,7 @@ def merge_runs(run_dirs: Sequence[str | Path], output: str | Path) -> list[Path]
 
     tables: dict[str, pd.DataFrame] = {
         RESULTS_CSV: concat([r["results"].assign(**{SOURCE_COLUMN: str(r["path"])}) for r in runs])}
-    for name in UNIT_TABLES[1:]:
+    for name in UNIT_TABLES[1:] + RECORD_TABLES:
         tables[name] = concat([r["tables"][name].assign(**{SOURCE_COLUMN: str(r["path"])})
                                for r in runs if r["tables"][name] is not None])
     stage = concat([r["tables"][STAGE_PAM_CSV].assign(**{SOURCE_COLUMN: str(r["path"])})
@@ -177,11 +182,12 @@ def merge_runs(run_dirs: Sequence[str | Path], output: str | Path) -> list[Path]
     missing = None if expected is None else [k.as_dict() for k in expected if k not in merged]
     write_json(output / MERGED_JSON, {"runs": [str(p) for p in paths], "units": int(len(tables[RESULTS_CSV])),
                                       "expected_units": None if expected is None else len(expected),
-                                      "missing_units": missing})
+                                      "missing_units": missing, "configs": {str(r["path"]): r["config"] for r in runs}})
     per_case = tables[PER_CASE_CSV]
     write_comparison_files(output, tables[RESULTS_CSV], per_case if not per_case.empty else None)
     written += [output / SPLITS_JSON, output / MERGED_JSON]
     written += [p for p in sorted(output.glob("*.csv")) if p not in written]
     written += make_all_plots(output)
+    written.append(write_report(output))
     return written
 
