@@ -94,8 +94,10 @@ def _finite(value: Any) -> float | None:
 
 
 def epoch_metrics(row: Mapping[str, Any]) -> dict[str, float]:
-    """The tracked values of an ``all_epochs_results.csv`` row (NaN ones, e.g. an unvalidated epoch, left out)."""
-    values = {name: _finite(row.get(column)) for column, name in EPOCH_METRICS.items()}
+    """The tracked values of an ``all_epochs_results.csv`` row (NaN ones, e.g. an unvalidated epoch, left out);
+    the validation Dice of every region of the data set (``val_dice_{region}``: WT/TC/ET, RC, CC ...)."""
+    metrics = EPOCH_METRICS | {c: f"val/{c.removeprefix('val_')}" for c in row if str(c).startswith("val_dice_")}
+    values = {name: _finite(row.get(column)) for column, name in metrics.items()}
     return {name: v for name, v in values.items() if v is not None}
 
 

@@ -55,15 +55,13 @@ from experiment.run_folder import (
 )
 from experiment.statistics import PARETO_COSTS
 from utils.io import atomic_write_text, read_csv, read_json
-from utils.labels import REGION_NAMES
-from visualization.visualization_dataframe import model_palette
+from visualization.visualization_dataframe import model_palette, table_regions
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "report.html.j2"
 MERGED_JSON = "merged_runs.json"  # written by visualization/merge.py (which imports this module) ...
 SOURCE_COLUMN = "source_run"  # ... with this column in the tables it concatenates
 MISSING = "–"
-REGIONS = tuple(REGION_NAMES)  # wt, tc, et
 # figures embedded as pictures: those the interactive plots of the page do not already show
 EMBEDDED_PNGS = ("model_comparison_chart.png", "stage_wise_pam.png", "modality_contributions.png")
 EMBEDDED_PATTERNS = ("segmentation_slices_*.png", "gradcam_*.png")
@@ -228,6 +226,8 @@ def _config_rows(record: Mapping[str, Any], folder: Folder) -> list[tuple[str, s
     samples = (f"--iters_per_epoch {budget}" if budget else
                f"{cfg.get('patches_per_case') or ('1' if cfg.get('dim') == '3d' else '8')} patches per training case")
     data = _plain(cfg.get("dataset_version"))
+    if (cfg.get("dataset") or {}).get("title"):
+        data += f" ({cfg['dataset']['title']})"
     if cfg.get("dataset_version") == "synthetic":
         data += (f" ({_plain(cfg.get('synthetic_cases'))} cases, {_plain(cfg.get('synthetic_difficulty'))}, "
                  f"shape {_fmt_list(cfg.get('synthetic_shape') or [96, 96, 64])})")
@@ -246,8 +246,12 @@ def _config_rows(record: Mapping[str, Any], folder: Folder) -> list[tuple[str, s
                             f"optimizer steps = {_plain(record.get('total_steps'))} steps per unit, global batch "
                             f"{_plain(record.get('global_batch_size'))} ({samples}), "
                             f"{_plain(record.get('samples_seen'))} samples seen"),
-        ("recipe", f"trainer {_plain(cfg.get('trainer'))}, loss {_plain(cfg.get('loss'))}, AdamW lr "
-                   f"{_plain(cfg.get('lr'))} (weight decay {_plain(cfg.get('weight_decay'))}, polynomial decay), "
+        ("recipe", f"trainer {_plain(cfg.get('trainer'))}, loss {_plain(cfg.get('loss'))}"
+                   + (" (region-based: Dice + BCE)" if cfg.get("region_based") else "")
+                   + f", {_plain(cfg.get('optimizer') or 'adamw')} lr {_plain(cfg.get('lr'))} (weight decay "
+                   f"{_plain(cfg.get('weight_decay'))}, polynomial decay), augmentation "
+                   f"{_plain(cfg.get('augmentation') or 'flips')}"
+                   + (", post-processing chosen on validation" if cfg.get("postprocess") else "") + ", "
                    f"grad clip {_plain(cfg.get('grad_clip'))}, validation every {_plain(cfg.get('val_every'))} "
                    f"epoch(s), sliding-window overlap {_plain(cfg.get('overlap'))}"
                    + (", deterministic" if cfg.get("deterministic") else "")
@@ -306,21 +310,23 @@ def _mean_std(row: Mapping[str, Any], column: str, fmt: str, scale: float = 1.0)
 
 def _results_table(folder: Folder) -> Table:
     has_ci = "test_dice_mean_ci_low" in folder.comparison.columns
+    regions = table_regions(folder.comparison)  # the data set's regions (WT, TC, ET first)
+    names = " / ".join(r.upper() for r in regions)
     table = Table("results", "Test results per model", [
-        "model", "runs", "mean Dice (WT/TC/ET)", *[f"Dice {REGION_NAMES[r]}" for r in REGIONS],
-        "HD95 WT / TC / ET (mm)", "NSD WT / TC / ET", "best validation Dice"], src=COMPARISON_CSV)
+        "model", "runs", "mean Dice (WT/TC/ET)", *[f"Dice {r.upper()}" for r in regions],
+        f"HD95 {names} (mm)", f"NSD {names}", "best validation Dice"], src=COMPARISON_CSV)
     table.note = ("mean over seeds/folds; [95% percentile-bootstrap CI over test cases, 10,000 resamples]" if has_ci
                   else "mean ± std over seeds/folds (no per-case table: no confidence intervals)")
     for row in folder.comparison.to_dict("records"):
         def slash(metric: str, fmt: str, row: Mapping[str, Any] = row) -> list[Part]:
             parts: list[Part] = []
-            for i, region in enumerate(REGIONS):
+            for i, region in enumerate(regions):
                 parts += ([" / "] if i else []) + [_num(row, f"test_{metric}_{region}_mean", fmt)]
             return parts
 
         table.rows.append(Row({"model": row["model"]}, [
             [Text("model", row["model"])], [_num(row, "n_runs", ".0f")],
-            _ci_cell(row, "test_dice_mean"), *[_ci_cell(row, f"test_dice_{r}") for r in REGIONS],
+            _ci_cell(row, "test_dice_mean"), *[_ci_cell(row, f"test_dice_{r}") for r in regions],
             slash("hd95", ".1f"), slash("nsd", ".3f"), _mean_std(row, "best_val_dice", ".3f")]))
     return table
 
@@ -460,14 +466,17 @@ def pareto_figure(comparison: pd.DataFrame) -> go.Figure | None:
 
 def per_case_figure(per_case: pd.DataFrame, models: Sequence[str]) -> go.Figure | None:
     """Per-case test Dice (and NSD where present) per model and region: boxes with every case as a point."""
-    panels = [(f"dice_{r}", "Dice") for r in REGIONS]
+    regions = table_regions(per_case)  # the data set's regions (WT, TC, ET first)
+    panels = [(f"dice_{r}", "Dice") for r in regions]
     if per_case.empty or not all(c in per_case.columns for c, _ in panels):
         return None
-    nsd = [(f"nsd_{r}", "NSD") for r in REGIONS]
+    nsd = [(f"nsd_{r}", "NSD") for r in regions]
     rows = [("Dice", panels)] + ([("NSD", nsd)] if all(c in per_case.columns for c, _ in nsd) else [])
     fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=[f"per-case test {name} (seeds/folds pooled)" for name, _ in rows])
+    spare = iter(("#e78ac3", "#a6d854", "#ffd92f", "#e5c494", "#b3b3b3"))
     region_colors = {"wt": "#66c2a5", "tc": "#fc8d62", "et": "#8da0cb"}
+    region_colors.update({r: next(spare, "#999999") for r in regions if r not in region_colors})
     data = per_case.assign(model=per_case["model"].astype(str))
     order = [m for m in models if m in set(data["model"])] or sorted(set(data["model"]))
     for r, (name, columns) in enumerate(rows, start=1):
@@ -477,7 +486,7 @@ def per_case_figure(per_case: pd.DataFrame, models: Sequence[str]) -> go.Figure 
             keep = values.notna()
             many = int(keep.sum()) > 3000
             fig.add_trace(go.Box(
-                x=data.loc[keep, "model"], y=values[keep], name=f"{REGION_NAMES[region]}", legendgroup=region,
+                x=data.loc[keep, "model"], y=values[keep], name=region.upper(), legendgroup=region,
                 showlegend=r == 1, marker={"color": region_colors[region], "size": 4},
                 boxpoints="outliers" if many else "all", jitter=0.3, pointpos=0,
                 text=None if many else data.loc[keep, "case_id"].astype(str),
