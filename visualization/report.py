@@ -226,8 +226,10 @@ def _config_rows(record: Mapping[str, Any], folder: Folder) -> list[tuple[str, s
     samples = (f"--iters_per_epoch {budget}" if budget else
                f"{cfg.get('patches_per_case') or ('1' if cfg.get('dim') == '3d' else '8')} patches per training case")
     data = _plain(cfg.get("dataset_version"))
-    if (cfg.get("dataset") or {}).get("title"):
+    if (cfg.get("dataset") or {}).get("title") and cfg.get("dataset_version") != "synthetic":
         data += f" ({cfg['dataset']['title']})"
+    if cfg.get("dataset_version") == "synthetic" and cfg.get("synthetic_task", "brats2021") != "brats2021":
+        data += f" imitating {cfg['synthetic_task']}"
     if cfg.get("dataset_version") == "synthetic":
         data += (f" ({_plain(cfg.get('synthetic_cases'))} cases, {_plain(cfg.get('synthetic_difficulty'))}, "
                  f"shape {_fmt_list(cfg.get('synthetic_shape') or [96, 96, 64])})")
