@@ -38,9 +38,9 @@ from experiment.postprocess import PostprocessRule
 from experiment.run_folder import (
     EVALUATION_CSV,
     OFFICIAL_METRICS_CSV,
-    TEST_METRIC_COLUMNS,
     UNIT_COLUMNS,
     RunFolder,
+    test_metric_columns,
 )
 from experiment.sharding import check_disjoint_units, open_runs
 from utils.checkpoint import CheckpointError
@@ -104,8 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             open_runs(runs, data_path=args.data_path, cache_dir=args.cache_dir)
         if not (args.export_predictions or args.official_eval):
             table = evaluate_runs(runs, args.data_path, args.device, args.cache_dir, not args.no_postprocess)
+            scheme = RunFolder.open(runs[0], data_path=args.data_path, cache_dir=args.cache_dir)[0].scheme
             with pd.option_context("display.width", 200, "display.max_columns", 12):
-                print(table[UNIT_COLUMNS + TEST_METRIC_COLUMNS].to_string(index=False))
+                print(table[UNIT_COLUMNS + test_metric_columns(scheme)].to_string(index=False))
             for run in runs:
                 print(f"written: {run / EVALUATION_CSV}")
         for run in runs if args.export_predictions else ():

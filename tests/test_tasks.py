@@ -129,6 +129,12 @@ def test_each_new_task_runs_end_to_end(task, tmp_path_factory, tmp_path):
     epochs = pd.read_csv(run / "all_epochs_results.csv")
     assert {f"val_dice_{r.key}" for r in scheme.regions} <= set(epochs.columns)
 
+    # re-evaluation reproduces the run's test metrics, in the task's columns
+    assert evaluate_experiment.main(["--results_dir", str(run)]) == 0
+    evaluation = pd.read_csv(run / "evaluation_results.csv")
+    test_columns = [c for c in results.columns if c.startswith("test_")]
+    pd.testing.assert_frame_equal(evaluation[test_columns], results[test_columns], check_exact=True)
+
     # export: predictions in the task's values, references copied
     assert evaluate_experiment.main(["--results_dir", str(run), "--export_predictions"]) == 0
     exported = sorted((run / "predictions" / "unet3d_xs_seed_24").glob("*.nii.gz"))
