@@ -259,11 +259,7 @@ class ExperimentConfig:
         from ``--dataset_version`` (MSD/nnU-Net: their dataset.json under ``--data_path``) and kept in ``dataset``."""
         if self.dataset is None:
             self.dataset = dataset_def(self.dataset_version, self.data_path, self.synthetic_task).to_dict()
-        cached = self.__dict__.get("_dataset_def")
-        if cached is None or cached[0] is not self.dataset:
-            cached = (self.dataset, DatasetDef.from_dict(self.dataset))
-            self.__dict__["_dataset_def"] = cached
-        return cached[1]
+        return DatasetDef.from_dict(self.dataset)
 
     def output_channels(self) -> int:
         """The model's output channels: the data set's classes (with background), or its regions with

@@ -62,11 +62,9 @@ def _status_file(cfg: ExperimentConfig) -> Path:
 def build_cache(cfg: ExperimentConfig, progress: bool = True) -> tuple[Any, list[dict[str, str]]]:
     """Generate the synthetic data if asked, discover the cases and build the cache (rank 0's work)."""
     if cfg.dataset_version == "synthetic":
-        options = {"shape": tuple(cfg.synthetic_shape)} if cfg.synthetic_shape else {}
-        if cfg.synthetic_task != "brats2021":
-            options["task"] = cfg.synthetic_task
+        shape = {"shape": tuple(cfg.synthetic_shape)} if cfg.synthetic_shape else {}
         brats_data.generate_synthetic_dataset(Path(cfg.data_path), n_cases=cfg.synthetic_cases, seed=0,
-                                              difficulty=cfg.synthetic_difficulty, **options)
+                                              difficulty=cfg.synthetic_difficulty, task=cfg.synthetic_task, **shape)
     cache = _open_cache(cfg)
     errors = cache.build(num_workers=cfg.resolved_preprocess_workers(), progress=progress,
                          skip_bad_cases=cfg.skip_bad_cases)

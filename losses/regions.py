@@ -12,6 +12,8 @@ Pure functions and modules, no I/O:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from monai.losses import DiceLoss
 from torch import nn
@@ -19,16 +21,20 @@ from torch import nn
 from utils.labels import CLASSIC, LabelScheme
 
 
+@functools.lru_cache(maxsize=32)
 def region_order_table(scheme: LabelScheme = CLASSIC) -> torch.Tensor:
-    """``[r, c]``: class ``c`` lies in the ``r``-th region of ``scheme.region_order`` (bool, (R, K))."""
+    """``[r, c]``: class ``c`` lies in the ``r``-th region of ``scheme.region_order`` (bool, (R, K); CPU, cached:
+    do not modify it)."""
     regions = scheme.region_classes
     return torch.tensor([[c in regions[key] for c in range(scheme.num_classes)] for key, _ in scheme.region_order],
                         dtype=torch.bool)
 
 
-def region_targets(label: torch.Tensor, scheme: LabelScheme = CLASSIC) -> torch.Tensor:
-    """Integer label maps ``(B, *spatial)`` -> float region maps ``(B, R, *spatial)`` (1 inside a region)."""
-    table = region_order_table(scheme).to(label.device)
+def region_targets(label: torch.Tensor, scheme: LabelScheme = CLASSIC, table: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+    """Integer label maps ``(B, *spatial)`` -> float region maps ``(B, R, *spatial)`` (1 inside a region);
+    ``table``: :func:`region_order_table` already on the labels' device."""
+    table = region_order_table(scheme).to(label.device) if table is None else table
     return table[:, label.long()].movedim(0, 1).float()
 
 
@@ -59,12 +65,15 @@ class RegionDiceBCELoss(nn.Module):
         self.dice_weight, self.bce_weight, self.scheme = dice_weight, bce_weight, scheme
         self.dice = DiceLoss(sigmoid=True, batch=True, include_background=True)
         self.bce = nn.BCEWithLogitsLoss()
+        self._tables: dict[torch.device, torch.Tensor] = {}  # the region table per device: one copy, not one a step
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         if logits.shape[1] != self.scheme.region_channels:
             raise ValueError(f"region-based logits need {self.scheme.region_channels} channels "
                              f"({self.scheme.region_order}), got {tuple(logits.shape)}")
-        target = region_targets(label, self.scheme)
+        if label.device not in self._tables:
+            self._tables[label.device] = region_order_table(self.scheme).to(label.device)
+        target = region_targets(label, self.scheme, self._tables[label.device])
         return self.dice_weight * self.dice(logits, target) + self.bce_weight * self.bce(logits, target)
 
     def extra_repr(self) -> str:

@@ -54,16 +54,10 @@ PathLike = str | os.PathLike
 # Canonical modality order of the suite; used to order the x axis.
 MODALITY_ORDER: tuple[str, ...] = MODALITIES
 
-# Columns of the run folder's tables (experiment/run_folder.py) -> the labels drawn for them. The regions
-# follow the data set (its regions are the tables' hd95_* columns, see region_columns); these constants are
-# those of BraTS 2018-2023 (WT, TC, ET).
-DICE_COLUMNS: dict[str, str] = {f"test_dice_{r}": name for r, name in REGION_NAMES.items()} | {
-    "test_dice_mean": "Mean"}
-HD95_COLUMNS: dict[str, str] = {f"test_hd95_{r}": name for r, name in REGION_NAMES.items()}
+# Columns of the run folder's tables (experiment/run_folder.py) -> the labels drawn for them. The region
+# columns follow the data set (its regions are the tables' hd95_* columns): see region_columns.
 PAM_COLUMNS: dict[str, str] = {"pam_train_mb": "Train", "pam_inference_mb": "Inference"}
 LATENCY_COLUMNS: dict[str, str] = {"latency_ms": "Latency"}
-PER_CASE_DICE_COLUMNS: dict[str, str] = {f"dice_{r}": name for r, name in REGION_NAMES.items()}
-PER_CASE_NSD_COLUMNS: dict[str, str] = {f"nsd_{r}": name for r, name in REGION_NAMES.items()}
 
 
 def table_regions(df: pd.DataFrame) -> list[str]:
