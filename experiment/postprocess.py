@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from metrics.segmentation import dice_coefficient, region_mask
 from utils.labels import CLASSIC, LabelScheme
 
 ET_THRESHOLDS: tuple[int, ...] = tuple(range(0, 751, 10))  # nnU-Net's search grid (voxels)
@@ -92,13 +93,8 @@ def remove_small_components(labels: np.ndarray, classes: Sequence[int], size: in
 
 def _selection_dice(pred: np.ndarray, truth: np.ndarray, scheme: LabelScheme) -> float:
     """Mean Dice of the selection regions (WT, TC, ET), BraTS empty conventions (both empty -> 1)."""
-    regions = scheme.region_classes
-    values = []
-    for region in scheme.selection:
-        p, t = np.isin(pred, regions[region]), np.isin(truth, regions[region])
-        total = int(p.sum()) + int(t.sum())
-        values.append(1.0 if total == 0 else 2.0 * int((p & t).sum()) / total)
-    return float(np.mean(values))
+    return float(np.mean([dice_coefficient(region_mask(pred, r, scheme), region_mask(truth, r, scheme))
+                          for r in scheme.selection]))
 
 
 def component_options(scheme: LabelScheme = CLASSIC) -> list[tuple[tuple[str, int], ...]]:
