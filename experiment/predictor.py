@@ -14,8 +14,9 @@ The input is a preprocessed volume in the canonical modality order (``(4, Z, Y, 
 run a sliding window (MONAI's ``sliding_window_inference``, cosine blending by default); 2D models run
 the same window over batches of axial slices. One member without mirroring is labelled by the argmax
 of its logits; an ensemble and/or test-time mirroring by the argmax of the softmax averaged over every
-member and mirrored input. :meth:`Predictor.postprocess` (the post-processing hook, a no-op today) is
-applied to every label map.
+member and mirrored input; region-based members (``--region_based``) by painting their sigmoid regions (> 0.5)
+in the scheme's ``region_order``. :meth:`Predictor.postprocess` (the post-processing hook: the rule chosen with
+``--postprocess``, else none) is applied to every label map.
 
 :func:`model_from_checkpoint` is the one place a network is built from a checkpoint;
 ``utils.checkpoint.unwrap_model`` the one way to take DDP and ``torch.compile`` wrappers off a module.
@@ -131,11 +132,16 @@ class InferenceSettings:
         return replace(self, **changes)
 
 
+def _checkpoint_dataset(checkpoint: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The data set record a checkpoint was saved with (its own, else its config's), None for older checkpoints."""
+    return checkpoint.get("dataset") or (checkpoint.get("config") or {}).get("dataset")
+
+
 def checkpoint_classes(checkpoint: Mapping[str, Any]) -> int:
     """The output channels of a checkpoint's network: its ``num_classes``, else its data set's, else BraTS's 4."""
     if "num_classes" in checkpoint:
         return int(checkpoint["num_classes"])
-    dataset = checkpoint.get("dataset") or (checkpoint.get("config") or {}).get("dataset")
+    dataset = _checkpoint_dataset(checkpoint)
     return 1 + len(dataset["scheme"]["classes"]) if dataset else NUM_CLASSES
 
 
@@ -175,7 +181,7 @@ def checkpoint_regions(checkpoint: Mapping[str, Any]) -> LabelScheme | None:
     """The scheme of a region-based checkpoint (``region_based`` and its data set's record), else None."""
     if not checkpoint.get("region_based"):
         return None
-    dataset = checkpoint.get("dataset") or (checkpoint.get("config") or {}).get("dataset")
+    dataset = _checkpoint_dataset(checkpoint)
     return LabelScheme.from_dict(dataset["scheme"]) if dataset else CLASSIC
 
 
