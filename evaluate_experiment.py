@@ -10,7 +10,7 @@ Without options it writes ``RUN_DIR/evaluation_results.csv`` (one row per checkp
 cache and the same ``evaluate_checkpoint`` as the run, so the metrics equal the run's.
 ``--export_predictions`` writes ``RUN_DIR/predictions/{unit}/{case_id}.nii.gz`` and the ground truth
 ``RUN_DIR/predictions/references/{case_id}.nii.gz``; ``--official_eval`` scores those folders with the
-official package in its own environment into ``RUN_DIR/official_brats_metrics.csv`` (experiment/official_eval.py).
+official package in its own environment into ``RUN_DIR/official_brats_metrics.csv`` (inference/official_eval.py).
 Several run folders of one experiment (the shards of a sweep; ``experiment.sharding.open_runs``: the same
 configuration and splits, each unit in one folder) are evaluated in one command, each into its own folder.
 """
@@ -26,15 +26,8 @@ from typing import Any
 import pandas as pd
 
 from brats_data import BadCaseError
+from evaluation.scoring import evaluate_checkpoint
 from experiment.data import open_prepared_cache
-from experiment.evaluation import evaluate_checkpoint
-from experiment.export import export_run_predictions
-from experiment.official_eval import (
-    DEFAULT_BRATS_EVAL_PYTHON,
-    OfficialEvaluationError,
-    run_official_evaluation,
-)
-from experiment.postprocess import PostprocessRule
 from experiment.run_folder import (
     EVALUATION_CSV,
     OFFICIAL_METRICS_CSV,
@@ -43,6 +36,13 @@ from experiment.run_folder import (
     test_metric_columns,
 )
 from experiment.sharding import check_disjoint_units, open_runs
+from inference.export import export_run_predictions
+from inference.official_eval import (
+    DEFAULT_BRATS_EVAL_PYTHON,
+    OfficialEvaluationError,
+    run_official_evaluation,
+)
+from inference.postprocess import PostprocessRule
 from utils.checkpoint import CheckpointError
 from utils.distributed import resolve_device
 from utils.errors import first_line

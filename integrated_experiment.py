@@ -55,10 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from brats_data import BadCaseError
     from experiment.data import DataError, preprocess_only
-    from experiment.loop import run_integrated_experiment
+    from experiment_runner import run_integrated_experiment
     from utils.checkpoint import CheckpointError
     from utils.errors import first_line
-    from visualization import ChartCallbacks
 
     try:
         if args.list_units:
@@ -67,7 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.preprocess_only:
             print(preprocess_only(cfg))
             return 0
-        summary = run_integrated_experiment(cfg, callbacks=[ChartCallbacks()])
+        summary = run_integrated_experiment(cfg)  # charts, report.html and the trackers of --tracker
     except (BadCaseError, DataError, CheckpointError, OSError, ValueError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ mean softmax of the chosen checkpoints (default: every best checkpoint of the ru
 of one experiment, e.g. the shards of a sweep, form one ensemble), and written
 as ``OUT/{case_id}.nii.gz`` (uint8, the input's grid, affine and header, labels of the case's layout:
 ET = 4 for 2018/2021, 3 for 2023). Under torchrun the cases are shared out over the processes (one per GPU),
-each writing its own; the last line gives the cases per second. The logic lives in ``experiment/export.py``.
+each writing its own; the last line gives the cases per second. The logic lives in ``inference/export.py``.
 Research tool: not for diagnosis or treatment decisions.
 """
 
@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from brats_data import BadCaseError
-from experiment.export import predict_folder
+from inference.export import predict_folder
 from utils.checkpoint import CheckpointError
 from utils.errors import first_line
 

@@ -1,4 +1,4 @@
-"""Benchmark: patches per second of the ``nnunet`` augmentation (experiment.augmentation) vs nnU-Net's own pipeline.
+"""Benchmark: patches per second of the ``nnunet`` augmentation (training.augmentation) vs nnU-Net's own pipeline.
 
 Batch 2 of 2-channel 128^3 training patches (``--quick``: 64^3), cut from the loader region that
 ``loader_patch_size`` gives for that patch (304x310x304 for 128^3). Both sides get the same regions, in this
@@ -43,7 +43,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from experiment.augmentation import BatchAugmentation, loader_patch_size  # noqa: E402
+from training.augmentation import BatchAugmentation, loader_patch_size  # noqa: E402
 
 BATCH, CHANNELS = 2, 2
 

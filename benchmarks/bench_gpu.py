@@ -31,14 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from monai.inferers import sliding_window_inference  # noqa: E402
 from monai.networks.nets import DynUNet  # noqa: E402
 
+from evaluation.efficiency import count_flops, measure_efficiency  # noqa: E402
 from experiment.config import ExperimentConfig  # noqa: E402
 from experiment.data import prepare_data  # noqa: E402
-from experiment.efficiency import count_flops, measure_efficiency  # noqa: E402
-from experiment.predictor import cosine_weight_map, sliding_window_predict  # noqa: E402
 from experiment.run_folder import RunFolder, UnitKey  # noqa: E402
-from experiment.training import UnitTrainer  # noqa: E402
+from inference.predictor import cosine_weight_map, sliding_window_predict  # noqa: E402
 from losses import make_loss  # noqa: E402
 from models import get_model  # noqa: E402
+from training.trainer import UnitTrainer  # noqa: E402
 from utils import distributed as du  # noqa: E402
 from utils.runtime import autocast_context  # noqa: E402
 

@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import data_loader as dl  # noqa: E402
-from experiment.evaluation import validation_dice  # noqa: E402
-from experiment.predictor import InferenceSettings, Predictor  # noqa: E402
+from evaluation.scoring import validation_dice  # noqa: E402
+from inference.predictor import InferenceSettings, Predictor  # noqa: E402
 from models import get_model  # noqa: E402
 
 BRATS2021_CASES = 1251

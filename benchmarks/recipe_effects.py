@@ -25,7 +25,7 @@ import pandas as pd  # noqa: E402
 
 from evaluate_experiment import evaluate_run  # noqa: E402
 from experiment.config import ExperimentConfig  # noqa: E402
-from experiment.loop import run_integrated_experiment  # noqa: E402
+from run.loop import run_experiment  # noqa: E402
 
 CONFIGS = {
     "flips, softmax": {"augmentation": "flips", "region_based": False},
@@ -58,7 +58,7 @@ def main() -> None:
                                    iters_per_epoch=args.iters, batch_size=2, seeds=args.seeds, postprocess=True,
                                    num_workers=args.num_workers, results_dir=str(results / name.replace(", ", "_")),
                                    measure_efficiency=False, deterministic=True, **options)
-            summary = run_integrated_experiment(cfg)
+            summary = run_experiment(cfg)
             post = pd.read_csv(summary.run_dir / "integrated_experiment_results.csv")
             raw = evaluate_run(summary.run_dir, postprocess=False)
             for label, table in (("raw", raw), ("post-processed", post)):

@@ -24,12 +24,12 @@ from .definitions import (
     DATASET_VERSIONS,
     DATASETS,
     FOLDER_LAYOUTS,
-    MSD_TASK,
     DatasetDef,
     Layout,
     as_def,
     dataset_def,
     dataset_json_def,
+    dataset_json_root,
 )
 
 NIFTI_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii")
@@ -106,12 +106,8 @@ def dataset_root(data_path: str | Path, dataset: DatasetDef | str) -> Path:
     """
     path = Path(data_path)
     name = dataset if isinstance(dataset, str) else dataset.source if dataset.source != "folders" else dataset.name
-    if name == "msd":
-        if not (path / MSD_TASK).is_dir() and (path.name == MSD_TASK or (path / DATASET_JSON).is_file()):
-            return path
-        return path / MSD_TASK
-    if name == "nnunet":
-        return path
+    if name in DATASET_JSON_VERSIONS:
+        return dataset_json_root(path, name)
     definition = as_def(dataset) if not isinstance(dataset, str) or dataset in DATASETS else None
     if definition is None:
         raise ValueError(f"Unknown dataset_version {dataset!r}; valid: {', '.join(DATASET_VERSIONS)}")

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from brats_data.dataset_json import DATASET_JSON, parse_dataset_json
 from utils.labels import CLASSIC, MODALITIES, ClassDef, LabelScheme, RegionDef
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -287,8 +288,6 @@ def dataset_json_def(kind: str, root: str | Path) -> DatasetDef:
     channels and labels mapped by name (brats_data/dataset_json.py), the CLASSIC scheme, predictions written in
     the dataset's own values, and the official evaluation with the GLI configuration after relabelling to
     BraTS 2023 values (1 NCR/NET, 2 ED, 3 ET)."""
-    from brats_data.dataset_json import parse_dataset_json
-
     spec = parse_dataset_json(root)
     write_back = tuple(min(v for v, c in spec.label_map.items() if c == cls) for cls in range(CLASSIC.num_classes))
     key = f"{kind}:" + ",".join(f"{v}>{c}" for v, c in sorted(spec.label_map.items()))
@@ -299,6 +298,18 @@ def dataset_json_def(kind: str, root: str | Path) -> DatasetDef:
                       source=kind, patient_pattern=None, official_config="gli", official_values=(0, 1, 2, 3),
                       channels=tuple((m, spec.channels[m]) for m in MODALITIES), file_ending=spec.file_ending,
                       label_key=key)
+
+
+def dataset_json_root(data_path: str | Path, name: str) -> Path:
+    """The folder holding the dataset.json of ``--dataset_version msd|nnunet``: ``msd``:
+    ``{data_path}/Task01_BrainTumour``, or ``data_path`` itself when it is that folder (holds a dataset.json and no
+    Task01_BrainTumour); ``nnunet``: ``data_path`` itself (``{nnUNet_raw}/DatasetXXX_Name``)."""
+    path = Path(data_path)
+    if name == "msd":
+        if not (path / MSD_TASK).is_dir() and (path.name == MSD_TASK or (path / DATASET_JSON).is_file()):
+            return path
+        return path / MSD_TASK
+    return path
 
 
 def dataset_def(name: str, data_path: str | Path | None = None, synthetic_task: str = "brats2021") -> DatasetDef:
@@ -314,9 +325,7 @@ def dataset_def(name: str, data_path: str | Path | None = None, synthetic_task: 
     if name in DATASET_JSON_VERSIONS:
         if data_path is None:
             raise ValueError(f"--dataset_version {name} needs --data_path (its dataset.json names the labels)")
-        from brats_data.cases import dataset_root
-
-        return dataset_json_def(name, dataset_root(data_path, name))
+        return dataset_json_def(name, dataset_json_root(data_path, name))
     raise ValueError(f"Unknown dataset_version {name!r}; valid: {', '.join(DATASET_VERSIONS)}")
 
 

@@ -1,9 +1,7 @@
-"""The experiment package: configuration, run folder, training, evaluation, efficiency and the loop.
+"""What a run is: its configuration (``config``: ``ExperimentConfig``, the CLI table, loading a run's config), its
+folder (``run_folder``: every file name and column, ``UnitKey``, the one writer), its units and shards
+(``sharding``) and its data (``data``: cases, cache, splits, loaders over ``brats_data/``).
 
-Read it in this order: ``config`` (what a run depends on) -> ``run_folder`` (every file it writes)
--> ``data`` (cases, cache, splits, loaders) -> ``training`` (one unit) -> ``evaluation``
-(sliding-window prediction and metrics) -> ``efficiency`` (params, FLOPs, PAM, latency) ->
-``loop`` (seeds x folds x models; the only loop). ``experiment_runner.py`` is the public facade.
-
-Nothing is imported here, so ``experiment.run_folder`` can be read without loading torch models.
+The phases above read these: ``inference/``, ``evaluation/``, ``training/``, then ``run/`` (the loop). Nothing is
+imported here, so ``experiment.run_folder`` can be read without loading torch models.
 """

@@ -36,7 +36,7 @@ DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-5, "sgd": 3e-5}
 N_FOLDS = 5  # --use_5fold
 AMP_MODES = ("auto", "bf16", "fp16", "none")
-TRACKERS = ("none", "tensorboard", "mlflow")  # experiment/tracking.py
+TRACKERS = ("none", "tensorboard", "mlflow")  # run/tracking.py
 DEFAULT_TRACKER = "tensorboard"
 
 # What a later command may change about an existing run: where and how it runs, never what it is.

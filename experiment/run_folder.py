@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiment import statistics as st
 from experiment.config import CONFIG_JSON, ExperimentConfig, load_run_config
+from metrics import statistics as st
 from utils.checkpoint import BEST_KEYS, CheckpointError, load_checkpoint, save_checkpoint
 from utils.io import append_rows, read_csv, read_json, replace_rows, write_csv, write_json
 from utils.labels import CLASSIC, LabelScheme
@@ -51,7 +51,7 @@ OFFICIAL_METRICS_CSV = "official_brats_metrics.csv"
 LOG_FILE = "run.log"
 LAST_DIR = "last"
 REPORT_HTML = "report.html"  # the one-page report (visualization/report.py; python -m visualization RUN --report)
-TENSORBOARD_DIR = "tensorboard"  # {unit}/ event files of --tracker tensorboard (experiment/tracking.py)
+TENSORBOARD_DIR = "tensorboard"  # {unit}/ event files of --tracker tensorboard (run/tracking.py)
 MLFLOW_DB = "mlflow.db"  # --tracker mlflow without --mlflow_uri: MLflow's SQLite store ...
 MLFLOW_ARTIFACTS_DIR = "mlartifacts"  # ... and its artifacts ({mlflow run id}/artifacts/)
 
@@ -121,7 +121,7 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
 def write_comparison_files(folder: str | Path, results: pd.DataFrame, per_case: pd.DataFrame | None
                            ) -> pd.DataFrame:
     """Write ``model_comparison.csv`` (:func:`comparison_table` + bootstrap CIs and Pareto flags),
-    ``statistical_tests.csv`` and ``ranking.csv`` (experiment/statistics.py) into ``folder``; return
+    ``statistical_tests.csv`` and ``ranking.csv`` (metrics/statistics.py) into ``folder``; return
     the comparison table. Used at the end of a run and by ``python -m visualization`` on merged runs.
 
     The comparison table is always written; a statistic that fails is logged, never raised.

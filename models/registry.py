@@ -1,4 +1,5 @@
-"""The one model registry: name -> factory, modalities, dims.
+"""The one model registry: name -> factory, modalities, dims (importing it imports the package ``models`` first,
+which registers every family).
 
 Factories are registered with :func:`register_model` and built with :func:`create_model`.
 A factory has the signature ``factory(dim, patch_size, in_channels, out_channels) -> nn.Module``;
@@ -72,20 +73,13 @@ def register_model(
     return decorator
 
 
-def _ensure_loaded() -> None:
-    # Importing the package registers every family (models/__init__.py imports them).
-    import models  # noqa: F401
-
-
 def list_models(pattern: str | None = None) -> list[str]:
     """Sorted names of every registered model, optionally filtered by an fnmatch pattern."""
-    _ensure_loaded()
     names = sorted(_REGISTRY)
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
 
 
 def model_spec(name: str) -> ModelSpec:
-    _ensure_loaded()
     try:
         return _REGISTRY[name]
     except KeyError:

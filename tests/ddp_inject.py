@@ -13,7 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import integrated_experiment  # noqa: E402
-from experiment import training  # noqa: E402
+from training import trainer as training  # noqa: E402
 
 RANK = int(os.environ["RANK"])
 RECORD = Path(sys.argv[1])

@@ -1,8 +1,20 @@
 """The seams, checked on the source (AST and text, no imports of the project):
 
-- the packages' imports form no cycle (``experiment/`` never imports ``visualization/``; the public facades
-  kept for scripts outside the project are the listed exceptions);
-- a model is built from a checkpoint in one function (``experiment.predictor.model_from_checkpoint``);
+- one folder per phase, in this order from the bottom up (a module imports only its own package and the
+  layers below it; the public facades kept for scripts outside the project import anything, and nothing in the
+  project imports them):
+
+      utils                       io, errors, runtime, distributed, checkpoints, label schemes and regions
+      brats_data models metrics   the data records and cases; the networks; per-case metrics and statistics
+      experiment                  what a run is: configuration, run folder, units and shards, data loaders
+      inference                   predictor, post-processing, NIfTI export, the official evaluation
+      evaluation                  scoring a model's predictions, efficiency
+      training                    the trainer and its hooks, augmentation, losses
+      run                         the loop, callbacks, logs, tracking, rank failure
+      visualization               charts, slice figures, Grad-CAM, report.html
+
+- no import cycle between modules (function-level imports included);
+- a model is built from a checkpoint in one function (``inference.predictor.model_from_checkpoint``);
 - a unit's name is spelled and parsed in one module (``experiment/run_folder.py``);
 - the repository cites no document it does not contain.
 """
@@ -14,12 +26,23 @@ import re
 import subprocess
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("brats_data", "experiment", "losses", "metrics", "models", "utils", "visualization")
-# Facades kept for scripts outside the project (SPEC names them); they may import upwards.
-FACADES = {"utils/experiment_utils.py"}
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("utils",),
+    ("brats_data", "models", "metrics"),
+    ("experiment",),
+    ("inference",),
+    ("evaluation",),
+    ("training",),
+    ("run",),
+    ("visualization",),
+)
+PACKAGES = tuple(p for layer in LAYERS for p in layer)
+LAYER_OF = {p: i for i, layer in enumerate(LAYERS) for p in layer}
+# Facades kept for scripts outside the project (DESIGN names them): thin faces over the phases.
+FACADE_PACKAGES = ("losses",)
+FACADE_MODULES = {"utils.experiment_utils", "experiment_runner", "data_loader", "integrated_experiment",
+                  "evaluate_experiment", "predict"}
 
 
 def _tracked(pattern: str) -> list[Path]:
@@ -32,56 +55,113 @@ def _tracked(pattern: str) -> list[Path]:
 
 
 def _sources() -> dict[str, ast.Module]:
-    """Every project Python file (not the tests) by its path relative to the root."""
+    """Every project Python file (not the tests, benchmarks or examples) by its path relative to the root."""
     return {str(p.relative_to(ROOT)): ast.parse(p.read_text(), str(p)) for p in _tracked("*.py")
-            if p.relative_to(ROOT).parts[0] not in ("tests",)}
+            if p.relative_to(ROOT).parts[0] not in ("tests", "benchmarks", "examples")}
 
 
-def _imported_packages(tree: ast.Module) -> set[str]:
-    """Top-level project packages imported anywhere in ``tree`` (function-level imports included)."""
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.add(node.module.split(".")[0])
-    return found & set(PACKAGES)
+def _module_name(path: str) -> str:
+    parts = Path(path).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def package_graph() -> dict[str, set[str]]:
-    graph: dict[str, set[str]] = {p: set() for p in PACKAGES}
-    for path, tree in _sources().items():
-        package = Path(path).parts[0]
-        if package in PACKAGES and path not in FACADES:
-            graph[package] |= _imported_packages(tree) - {package}
+def module_imports() -> dict[str, set[str]]:
+    """Module -> the project modules it imports anywhere (function-level imports included), resolved to the
+    deepest existing module: ``from a.b import c`` is ``a.b.c`` when that is a module, else ``a.b``."""
+    sources = _sources()
+    modules = {_module_name(path): path for path in sources}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(sources[path]):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                           for alias in node.names]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    found.add(target)
+        graph[name] = found
     return graph
 
 
-def test_package_imports_form_no_cycle():
-    graph = package_graph()
+def _top(module: str) -> str:
+    return module.split(".")[0]
+
+
+def _is_facade(module: str) -> bool:
+    return module in FACADE_MODULES or _top(module) in FACADE_PACKAGES
+
+
+def test_every_package_is_a_layer_and_every_module_lives_in_one():
+    tops = {_top(m) for m in module_imports()}
+    assert tops - set(PACKAGES) - set(FACADE_PACKAGES) - FACADE_MODULES == set(), (
+        "a module outside the phase folders and facades")
+
+
+def test_no_module_imports_from_a_phase_above_its_own():
+    offenders = []
+    for module, imported in module_imports().items():
+        if _is_facade(module):
+            continue
+        own = _top(module)
+        for target in imported:
+            if _is_facade(target):
+                offenders.append(f"{module} imports the facade {target}")
+            elif _top(target) != own and LAYER_OF[_top(target)] >= LAYER_OF[own]:
+                offenders.append(f"{module} ({own}, layer {LAYER_OF[own]}) imports {target} "
+                                 f"({_top(target)}, layer {LAYER_OF[_top(target)]})")
+    assert not offenders, "imports against the phase order:\n" + "\n".join(sorted(offenders))
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     state: dict[str, str] = {}
+    stack: list[str] = []
 
-    def visit(node: str, path: list[str]) -> None:
+    def visit(node: str) -> list[str] | None:
         state[node] = "open"
-        for nxt in sorted(graph[node]):
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycle = path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
-                pytest.fail(f"import cycle between packages: {' -> '.join(cycle)}")
-            if nxt not in state:
-                visit(nxt, path + [nxt])
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
         state[node] = "done"
+        return None
 
-    for package in PACKAGES:
-        if package not in state:
-            visit(package, [package])
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
 
 
-def test_experiment_never_imports_visualization_and_utils_are_the_bottom():
-    graph = package_graph()
-    assert "visualization" not in graph["experiment"], "charts depend on the run folder, not the other way round"
-    assert graph["utils"] == set(), f"utils imports {graph['utils']}: it must stay the bottom layer"
-    for low in ("models", "metrics", "losses", "brats_data"):
-        assert not graph[low] & {"experiment", "visualization"}, f"{low} imports {graph[low]}"
+def test_the_cycle_finder_finds_a_known_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_modules_import_each_other_in_no_cycle():
+    """Between modules, not only packages; a package's ``__init__`` counts as a module."""
+    cycle = find_cycle(module_imports())
+    assert cycle is None, f"import cycle between modules: {' -> '.join(cycle)}"
+
+
+def test_the_layering_test_sees_a_wrong_arrow():
+    graph = module_imports()
+    assert "run.tracking" not in graph["run.loop"], "the callers pass the trackers"
+    assert "brats_data.cases" not in graph["brats_data.definitions"], "records never import case discovery"
+    assert not any(_top(t) == "models" for t in graph["utils.io"])
+    assert {"experiment.config", "experiment.run_folder"} <= graph["training.trainer"]
 
 
 def _calls(node: ast.AST) -> set[str]:
@@ -101,7 +181,7 @@ def test_a_model_is_built_from_a_checkpoint_in_one_function():
                 calls = _calls(node)
                 if calls & {"get_model", "create_model"} and "load_state_dict" in calls:
                     builders.append(f"{path}:{node.name}")
-    assert builders == ["experiment/predictor.py:model_from_checkpoint"]
+    assert builders == ["inference/predictor.py:model_from_checkpoint"]
 
 
 def _string_parts(tree: ast.Module) -> list[tuple[int, str]]:

@@ -1,4 +1,4 @@
-"""The ``nnunet`` augmentation (experiment.augmentation): geometry, alignment, intensity statistics, seeding."""
+"""The ``nnunet`` augmentation (training.augmentation): geometry, alignment, intensity statistics, seeding."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiment.augmentation import (
+from training.augmentation import (
     NNUNET_PARAMS,
     BatchAugmentation,
     _blur_kernel,

@@ -16,10 +16,10 @@ import pandas as pd
 import pytest
 
 import data_loader as dl
-from experiment.loop import run_integrated_experiment
-from experiment.training import UnitTrainer
 from experiment_runner import ExperimentConfig
+from run.loop import run_experiment
 from tests.browser import check_page, chromium, missing_browser, table_mismatches
+from training.trainer import UnitTrainer
 from visualization import ChartCallbacks
 from visualization.__main__ import main as visualization_main
 
@@ -62,10 +62,10 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     common = dict(data_path=str(root / "data"), dataset_version="brats2021", skip_bad_cases=True, dim="3d",
                   patch_size=[32, 32, 32], num_workers=0, device="cpu", batch_size=2, iters_per_epoch=3, epochs=2,
                   results_dir=str(root / "results"), deterministic=True)
-    a = run_integrated_experiment(ExperimentConfig(**common, models=["unet3d_xs", "unet3d_stride_xs"], seeds=[24, 42],
+    a = run_experiment(ExperimentConfig(**common, models=["unet3d_xs", "unet3d_stride_xs"], seeds=[24, 42],
                                                    trainer="tests.test_browser:FailOneUnit"), [ChartCallbacks()])
     assert a.exit_code == 3 and len(a.failed) == 1
-    b = run_integrated_experiment(ExperimentConfig(**common, models=["dualbranch_14_shufflenetv2_xs"], seeds=[24]),
+    b = run_experiment(ExperimentConfig(**common, models=["dualbranch_14_shufflenetv2_xs"], seeds=[24]),
                                   [ChartCallbacks()])
     assert b.exit_code == 0
     merged = root / "merged"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment.efficiency import count_parameters
+from evaluation.efficiency import count_parameters
 from models import create_model, list_models
 from models.catalog import COMMAND, catalog_rows, format_lines, main, markdown
 

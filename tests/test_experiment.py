@@ -16,7 +16,6 @@ import torch
 import data_loader as dl
 import evaluate_experiment
 import integrated_experiment
-from experiment.training import UnitTrainer
 from experiment_runner import (
     EPOCH_COLUMNS,
     RESULT_COLUMNS,
@@ -24,6 +23,7 @@ from experiment_runner import (
     run_integrated_experiment,
 )
 from metrics import REGION_METRIC_KEYS
+from training.trainer import UnitTrainer
 from utils.checkpoint import CheckpointError, load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -316,9 +316,9 @@ def test_config_json_records_configuration_versions_and_commit(finished_run):
 
 
 def test_evaluate_checkpoint_equals_the_runs_test_metrics(finished_run):
+    from evaluation.scoring import evaluate_checkpoint
     from experiment.config import load_run_config
     from experiment.data import open_prepared_cache
-    from experiment.evaluation import evaluate_checkpoint
 
     cfg, summary = finished_run
     run_cfg = load_run_config(summary.run_dir, device="cpu")
@@ -386,7 +386,7 @@ def test_the_docs_example_trainer_trains_through_the_cli(data_root, tmp_path):
 
 
 def test_trainer_hooks_are_called_and_unknown_trainers_refused(data_root, tmp_path, capsys):
-    from experiment.training import TRAINERS, register_trainer, trainer_class
+    from training.trainer import TRAINERS, register_trainer, trainer_class
 
     calls = []
 

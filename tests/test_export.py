@@ -18,8 +18,8 @@ import predict
 from brats_data.cases import unmap_labels
 from experiment.config import load_run_config
 from experiment.data import open_prepared_cache
-from experiment.export import uncrop, write_segmentation
-from experiment.official_eval import BRATS_EVAL_INSTALL, DEFAULT_BRATS_EVAL_PYTHON
+from inference.export import uncrop, write_segmentation
+from inference.official_eval import BRATS_EVAL_INSTALL, DEFAULT_BRATS_EVAL_PYTHON
 from metrics import brats_region_metrics
 from tests.test_predict import tiny_run
 from utils.labels import MODALITIES

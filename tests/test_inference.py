@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 
 import experiment_runner as er
-from experiment import efficiency
-from experiment.efficiency import count_flops
-from experiment.predictor import cosine_weight_map, sliding_window_predict
+from evaluation import efficiency
+from evaluation.efficiency import count_flops
+from inference.predictor import cosine_weight_map, sliding_window_predict
 
 
 class LabelEcho(nn.Module):

@@ -14,7 +14,7 @@ import torch
 
 import evaluate_experiment
 import predict
-from experiment.export import write_probabilities, write_segmentation
+from inference.export import write_probabilities, write_segmentation
 from utils.checkpoint import save_checkpoint
 from utils.errors import first_line
 from utils.io import atomic_write_bytes, current_umask, write_csv, write_json

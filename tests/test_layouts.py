@@ -222,8 +222,8 @@ def test_nnunet_missing_channel_file_and_unmappable_labels(tmp_path):
 # ----------------------------------------------------------------------------- a run and predict.py
 @pytest.mark.slow
 def test_msd_end_to_end_and_predictions_in_msd_numbering(tmp_path):
-    from experiment.export import find_input_cases, predict_folder
     from experiment_runner import ExperimentConfig, run_integrated_experiment
+    from inference.export import find_input_cases, predict_folder
 
     write_msd(tmp_path / "data", 6)
     cfg = ExperimentConfig(

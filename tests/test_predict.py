@@ -20,9 +20,9 @@ import predict
 from brats_data import find_input_cases
 from brats_data.cases import LAYOUTS, unmap_labels
 from brats_data.definitions import DATASETS
-from experiment.evaluation import predict_volume
-from experiment.predictor import InferenceSettings, Predictor, mirror_axes
+from evaluation.scoring import predict_volume
 from experiment_runner import ExperimentConfig, run_integrated_experiment
+from inference.predictor import InferenceSettings, Predictor, mirror_axes
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from experiment.predictor import InferenceSettings, Predictor, model_from_checkpoint
+from inference.predictor import InferenceSettings, Predictor, model_from_checkpoint
 from models import get_model
 from utils.checkpoint import unwrap_model
 

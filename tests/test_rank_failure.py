@@ -1,4 +1,4 @@
-"""One rank's exception inside a unit reaches every rank (experiment/rank_failure.py): rank 0's decision from
+"""One rank's exception inside a unit reaches every rank (run/rank_failure.py): rank 0's decision from
 the ranks' collective sequence numbers (a store in memory), and the CLI under torchrun on gloo with exceptions
 injected on both ranks (the run goes on) and on rank 1 only, inside DDP's step (the job ends in seconds, the
 unit recorded, earlier results intact), then --resume."""
@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import data_loader as dl
-from experiment.rank_failure import CONTINUE, END, EXIT_JOB_ENDED, RankFailureWatch, failure_timeout_s
 from experiment.run_folder import UnitKey
+from run.rank_failure import CONTINUE, END, EXIT_JOB_ENDED, RankFailureWatch, failure_timeout_s
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,9 +16,9 @@ import torch
 import predict
 from brats_data.definitions import DATASETS
 from experiment.config import ExperimentConfig
-from experiment.postprocess import PostprocessRule, case_table, choose_rule
-from experiment.predictor import InferenceSettings, Predictor
 from experiment.run_folder import RunFolder, UnitKey
+from inference.postprocess import PostprocessRule, case_table, choose_rule
+from inference.predictor import InferenceSettings, Predictor
 from losses import RegionDiceBCELoss, make_loss, paint_regions, region_targets
 from utils.checkpoint import load_checkpoint
 from utils.labels import CLASSIC

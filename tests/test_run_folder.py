@@ -35,8 +35,8 @@ from experiment.run_folder import (
     UnitKey,
     comparison_table,
 )
-from experiment.statistics import RANKING_COLUMNS, TEST_COLUMNS
 from metrics import REGION_METRIC_KEYS
+from metrics.statistics import RANKING_COLUMNS, TEST_COLUMNS
 
 
 def test_every_cli_option_is_a_config_field_and_maps_back():

@@ -23,7 +23,7 @@ from brats_data.datasets import MAX_OPEN_CASES
 from brats_data.splits import make_splits, patient_id, read_patient_map, stratified_subset
 from experiment.config import ExperimentConfig
 from experiment.data import training_budget
-from experiment.training import UnitTrainer
+from training.trainer import UnitTrainer
 from utils.experiment_utils import get_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Known-answer tests of experiment/statistics.py: Wilcoxon (against scipy) with Holm's correction,
+"""Known-answer tests of metrics/statistics.py: Wilcoxon (against scipy) with Holm's correction,
 bootstrap CIs, Pareto flags and the BraTS-style ranking, on hand-made tables."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from experiment import statistics as st
+from metrics import statistics as st
 
 
 def per_case_rows(values: dict[str, list[float]], seeds=(24,), metric: str = "dice_wt", **fixed) -> pd.DataFrame:

@@ -18,10 +18,10 @@ from brats_data import generate_synthetic_dataset
 from brats_data.cases import BadCaseError, discover_cases, read_case, validate_case
 from brats_data.definitions import DATASETS, SYNTHETIC_TASKS, DatasetDef, dataset_def, synthetic_def
 from experiment.config import ExperimentConfig
-from experiment.export import written_as
-from experiment.official_eval import DEFAULT_BRATS_EVAL_PYTHON, run_official_evaluation
 from experiment.run_folder import per_case_columns, result_columns
 from experiment_runner import run_integrated_experiment
+from inference.export import written_as
+from inference.official_eval import DEFAULT_BRATS_EVAL_PYTHON, run_official_evaluation
 from models import get_model
 from utils.labels import CLASSIC
 

@@ -19,18 +19,20 @@ import pandas as pd
 import pytest
 
 import data_loader as dl
-from experiment import training
 from experiment.config import ExperimentConfig, load_run_config, resume_config
-from experiment.loop import RunCallbacks, run_integrated_experiment
 from experiment.run_folder import TEST_METRIC_COLUMNS
-from experiment.tracking import (
+from run.callbacks import RunCallbacks
+from run.loop import run_experiment
+from run.tracking import (
     COUNTER_METRICS,
     EPOCH_METRICS,
     PROGRESS_METRIC,
     TensorBoardTracker,
     default_mlflow_uri,
     hyperparameters,
+    make_trackers,
 )
+from training import trainer as training
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +43,12 @@ MODELS = ["unet3d_xs", "unet3d_stride_xs"]
 EPOCH_TAGS = {*EPOCH_METRICS.values(), *COUNTER_METRICS}
 UNIT_TAGS = {f"test/{c.removeprefix('test_')}" for c in TEST_METRIC_COLUMNS} | {
     "efficiency/params", "best/val_dice", "best/epoch"}
+
+
+def tracked_run(cfg: ExperimentConfig, callbacks=()):
+    """The loop with the trackers of ``cfg.tracker`` passed by the caller, as the command line does (no charts)."""
+    resolved = resume_config(cfg) if cfg.resume is not None else cfg
+    return run_experiment(cfg, [*callbacks, *make_trackers(resolved)])
 
 
 @pytest.fixture(scope="module")
@@ -100,14 +108,14 @@ def unit_rows(run_dir: Path, name: str, model: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def tensorboard_run(data_root, tmp_path_factory) -> Path:
-    summary = run_integrated_experiment(config(data_root, tmp_path_factory.mktemp("tb")))  # the default tracker
+    summary = tracked_run(config(data_root, tmp_path_factory.mktemp("tb")))  # the default tracker
     assert summary.exit_code == 0 and "WARNING" not in (summary.run_dir / "run.log").read_text()
     return summary.run_dir
 
 
 @pytest.fixture(scope="module")
 def mlflow_run(data_root, tmp_path_factory) -> Path:
-    summary = run_integrated_experiment(config(data_root, tmp_path_factory.mktemp("mlflow"), tracker="mlflow"))
+    summary = tracked_run(config(data_root, tmp_path_factory.mktemp("mlflow"), tracker="mlflow"))
     assert summary.exit_code == 0 and "WARNING" not in (summary.run_dir / "run.log").read_text()
     return summary.run_dir
 
@@ -206,15 +214,15 @@ def test_a_resumed_unit_logs_into_its_own_run(data_root, tmp_path, monkeypatch, 
     cfg = config(data_root, tmp_path, models=["unet3d_xs"], epochs=3, tracker=tracker)
     # the stop is seen at the next check, the end of epoch 1: after its running loss at steps 33 and 34 was logged,
     # before its row and checkpoint
-    first = run_integrated_experiment(cfg, [StopAt(1, 16)])
+    first = tracked_run(cfg, [StopAt(1, 16)])
     assert first.exit_code == 130
     monkeypatch.setattr(training.STOP, "requested", False)
-    resumed = run_integrated_experiment(ExperimentConfig(resume=str(first.run_dir), device="cpu", num_workers=0))
+    resumed = tracked_run(ExperimentConfig(resume=str(first.run_dir), device="cpu", num_workers=0))
     assert resumed.exit_code == 0 and resumed.run_dir == first.run_dir
     run = first.run_dir
     epochs = unit_rows(run, "all_epochs_results.csv", "unet3d_xs").sort_values("epoch")
     assert list(epochs["epoch"]) == [0, 1, 2]
-    assert "WARNING" not in (run / "run.log").read_text().replace("WARNING experiment.loop: interrupted", "")
+    assert "WARNING" not in (run / "run.log").read_text().replace("WARNING run.loop: interrupted", "")
     if tracker == "tensorboard":
         unit = run / "tensorboard" / "unet3d_xs_seed_24"
         assert len(list(unit.glob("events.out.tfevents.*"))) == 2, "the resumed process appends to the unit's run"
@@ -294,7 +302,7 @@ def test_a_tracking_server_uri_works_the_same(data_root, tmp_path, mlflow_server
     url, artifacts = mlflow_server
     cfg = config(data_root, tmp_path / "results", models=["unet3d_xs"], epochs=1, iters_per_epoch=STEPS,
                  tracker="mlflow", mlflow_uri=url)
-    summary = run_integrated_experiment(cfg)
+    summary = tracked_run(cfg)
     assert summary.exit_code == 0 and "WARNING" not in (summary.run_dir / "run.log").read_text()
     assert not {"mlflow.db", "mlartifacts"} & {p.name for p in summary.run_dir.iterdir()}, "the server keeps it all"
     client = MlflowClient(tracking_uri=url)
@@ -318,7 +326,7 @@ def test_an_unreachable_mlflow_server_leaves_the_run_complete_with_a_warning(dat
     cfg = config(data_root, tmp_path, models=["unet3d_xs"], epochs=1, iters_per_epoch=2, tracker="mlflow",
                  mlflow_uri="http://127.0.0.1:9")  # the discard port: nothing listens there
     t0 = time.perf_counter()
-    summary = run_integrated_experiment(cfg)
+    summary = tracked_run(cfg)
     seconds = time.perf_counter() - t0
     assert summary.exit_code == 0
     results = pd.read_csv(summary.run_dir / "integrated_experiment_results.csv")
@@ -341,7 +349,7 @@ def test_a_tracker_failing_mid_run_warns_once_and_the_run_completes(data_root, t
     original = TensorBoardTracker.log
     TensorBoardTracker.log = broken
     try:
-        summary = run_integrated_experiment(cfg)
+        summary = tracked_run(cfg)
     finally:
         TensorBoardTracker.log = original
     assert summary.exit_code == 0 and len(pd.read_csv(summary.run_dir / "integrated_experiment_results.csv")) == 2
@@ -351,7 +359,7 @@ def test_a_tracker_failing_mid_run_warns_once_and_the_run_completes(data_root, t
 
 
 def test_tracker_none_writes_no_tracking_files(data_root, tmp_path):
-    summary = run_integrated_experiment(config(data_root, tmp_path, models=["unet3d_xs"], epochs=1,
+    summary = tracked_run(config(data_root, tmp_path, models=["unet3d_xs"], epochs=1,
                                                iters_per_epoch=2, tracker="none"))
     assert summary.exit_code == 0
     assert not {"tensorboard", "mlflow.db", "mlartifacts"} & {p.name for p in summary.run_dir.iterdir()}

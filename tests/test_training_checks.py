@@ -19,10 +19,11 @@ import pytest
 import torch
 
 import data_loader as dl
-from experiment import training
+from evaluation.efficiency import inference_copy, measure_efficiency, named_stages
 from experiment.config import ExperimentConfig
-from experiment.efficiency import inference_copy, measure_efficiency, named_stages
-from experiment.loop import run_integrated_experiment
+from run.loop import run_experiment
+from training import trainer as training
+from utils import runtime
 from utils.experiment_utils import get_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,7 +88,7 @@ def test_speed_options_give_the_plain_runs_metrics(data_root, tmp_path, monkeypa
                                models=["unet3d_xs"], dim="3d", patch_size=[32, 32, 32], num_workers=0,
                                results_dir=str(tmp_path / name), device="cpu", patches_per_case=2, lr=3e-3,
                                batch_size=2, deterministic=True, measure_efficiency=False, **flags)
-        summary = run_integrated_experiment(cfg)
+        summary = run_experiment(cfg)
         assert summary.exit_code == 0
         results[name] = (pd.read_csv(summary.run_dir / "integrated_experiment_results.csv").iloc[0],
                          pd.read_csv(summary.run_dir / "all_epochs_results.csv").iloc[0],
@@ -105,7 +106,7 @@ def test_grad_checkpoint_gives_the_same_gradients_and_uses_monai_where_it_can():
     plain = get_model("unet3d_xs", "3d", (32, 32, 32))
     checkpointed = get_model("unet3d_xs", "3d", (32, 32, 32))
     checkpointed.load_state_dict(plain.state_dict())
-    assert "stages checkpointed" in training.enable_grad_checkpoint(checkpointed)
+    assert "stages checkpointed" in runtime.enable_grad_checkpoint(checkpointed)
     x = torch.randn(2, 2, 32, 32, 32)
     for model in (plain, checkpointed):
         model.train()
@@ -113,7 +114,7 @@ def test_grad_checkpoint_gives_the_same_gradients_and_uses_monai_where_it_can():
     for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
     swin = get_model("swin_unetr", "3d", (64, 64, 64))
-    assert training.enable_grad_checkpoint(swin).startswith("MONAI use_checkpoint")
+    assert runtime.enable_grad_checkpoint(swin).startswith("MONAI use_checkpoint")
     assert all(m.use_checkpoint for m in swin.modules() if hasattr(m, "use_checkpoint"))
 
 

@@ -478,9 +478,9 @@ def test_gradcam_of_a_tiny_model_writes_a_png(tmp_path):
 def test_gradcam_failure_in_a_run_only_warns(tmp_path, caplog):
     """A figure that fails (here Grad-CAM reading a broken cache) is a warning; so is any callback that
     raises: the loop's notify never lets one cost the run."""
-    from experiment.loop import RunCallbacks, notify
     from experiment.run_folder import RunFolder, UnitKey
     from models import get_model
+    from run.callbacks import RunCallbacks, notify
     from visualization import ChartCallbacks
 
     def broken(case_id):
@@ -567,8 +567,9 @@ def test_plot_segmentation_slices_errors(tmp_path):
 def test_callbacks_see_every_event_of_a_run_in_order(tmp_path):
     """The loop calls each RunCallbacks hook on rank 0, in the documented order, with the run's rows."""
     import data_loader as dl
-    from experiment.loop import RunCallbacks, run_integrated_experiment
     from experiment_runner import ExperimentConfig
+    from run.callbacks import RunCallbacks
+    from run.loop import run_experiment
 
     events = []
 
@@ -596,7 +597,7 @@ def test_callbacks_see_every_event_of_a_run_in_order(tmp_path):
                            synthetic_shape=[40, 40, 32], synthetic_difficulty="easy", epochs=2, models=["unet3d_xs"],
                            dim="3d", patch_size=[32, 32, 32], num_workers=0, device="cpu", batch_size=1,
                            iters_per_epoch=17, results_dir=str(tmp_path / "r"), measure_efficiency=False)
-    assert run_integrated_experiment(cfg, [Recorder()]).exit_code == 0
+    assert run_experiment(cfg, [Recorder()]).exit_code == 0
     kinds = [e[0] for e in events]
     assert kinds == ["run_start", "unit_start", "progress", "progress", "epoch", "progress", "progress", "epoch",
                      "unit_end", "run_end"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 from collections.abc import Callable
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
@@ -31,3 +35,29 @@ def autocast_context(device: torch.device, amp: str) -> Callable[[], object]:
         return nullcontext
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return lambda: torch.autocast(device_type="cuda", dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- speed options (GPU memory)
+def memory_format(dim: str) -> torch.memory_format:
+    return torch.channels_last_3d if dim == "3d" else torch.channels_last
+
+
+def enable_grad_checkpoint(model: nn.Module) -> str:
+    """Activation checkpointing: MONAI's ``use_checkpoint`` where the model has it, else every callable
+    top-level stage recomputed in the backward pass (only its input is kept). Returns what was done."""
+    flagged = [m for m in model.modules() if isinstance(getattr(m, "use_checkpoint", None), bool)]
+    for m in flagged:
+        m.use_checkpoint = True
+    if flagged:
+        return f"MONAI use_checkpoint on {len(flagged)} modules"
+    stages = [(n, m) for n, m in model.named_children()
+              if type(m).forward is not nn.Module.forward and any(p.requires_grad for p in m.parameters())]
+    for _, stage in stages:
+        stage.forward = functools.partial(_checkpointed, stage.forward)
+    return f"{len(stages)} stages checkpointed"
+
+
+def _checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)

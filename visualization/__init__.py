@@ -1,6 +1,6 @@
 """Charts of a run folder's CSVs, slice figures of segmentations, Grad-CAM overlays, merged runs (never trains).
 
-``ChartCallbacks`` hooks the drawing into a run (``experiment.loop.RunCallbacks``); this package reads the run
+``ChartCallbacks`` hooks the drawing into a run (``run.loop.RunCallbacks``); this package reads the run
 folder (``experiment.run_folder``), never the other way round.
 """
 

@@ -1,4 +1,4 @@
-"""What a run draws, hooked into the loop as callbacks (``experiment.loop.RunCallbacks``): the loop never
+"""What a run draws, hooked into the loop as callbacks (``run.loop.RunCallbacks``): the loop never
 imports ``visualization/``; the CLI (and the ``experiment_runner`` facade) pass :class:`ChartCallbacks`.
 
 - after each unit: with ``--gradcam``, ``gradcam_{unit}.png``; the first test case's prediction of the
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from brats_data import modality_indices
-from experiment.loop import RunCallbacks, RunState
 from experiment.run_folder import UnitKey
+from run.callbacks import RunCallbacks, RunState
 from utils.errors import first_line
 from visualization.gradcam import write_unit_gradcam
 from visualization.report import write_report

@@ -233,7 +233,7 @@ def write_unit_gradcam(model_name: str, state_dict: dict[str, torch.Tensor], cfg
     and patch (``cfg``) and the data set's classes (``scheme``), and :func:`compute_gradcam` of the case
     ``case_id`` of the cache."""
     from brats_data import modality_indices
-    from experiment.predictor import InferenceSettings, Predictor
+    from inference.predictor import InferenceSettings, Predictor
 
     settings = InferenceSettings(cfg.dim, tuple(cfg.spatial_patch), device=torch.device(device))
     checkpoint = {"model_name": model_name, "state_dict": state_dict, "num_classes": scheme.num_classes}

@@ -53,7 +53,7 @@ from experiment.run_folder import (
     TENSORBOARD_DIR,
     comparison_table,
 )
-from experiment.statistics import PARETO_COSTS
+from metrics.statistics import PARETO_COSTS
 from utils.io import atomic_write_text, read_csv, read_json
 from visualization.visualization_dataframe import model_palette, table_regions
 

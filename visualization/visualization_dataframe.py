@@ -43,7 +43,7 @@ from experiment.run_folder import (
     STAGE_PAM_CSV,
     comparison_table,
 )
-from experiment.statistics import pareto_front
+from metrics.statistics import pareto_front
 from utils.io import atomic_output, read_csv
 from utils.labels import MODALITIES, REGION_NAMES
 
@@ -378,7 +378,7 @@ def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
     """Mean test Dice vs parameters (log x), marker area ~ FLOPs, one label per model (``parameter_efficiency.png``).
 
     The Pareto front over parameters (no other model has a higher mean Dice with as many or fewer
-    parameters; ``experiment.statistics.pareto_front``) is drawn as a staircase and its models are
+    parameters; ``metrics.statistics.pareto_front``) is drawn as a staircase and its models are
     labelled in bold. Error bars: the bootstrap 95% CI over cases where the table has it
     (``model_comparison.csv``), else ± std over seeds/folds.
     """

@@ -1,4 +1,4 @@
-"""Scoring: per-case BraTS metrics of a :class:`~experiment.predictor.Predictor` over cached cases,
+"""Scoring: per-case BraTS metrics of a :class:`~inference.predictor.Predictor` over cached cases,
 validation Dice, and :func:`evaluate_checkpoint`, shared by the runner and ``evaluate_experiment.py``.
 
 Cases are sharded over the ranks under torchrun and the results gathered
@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from experiment.postprocess import PostprocessRule, case_table, checkpoint_rule, choose_rule, rule_hook
-from experiment.predictor import InferenceSettings, Predictor
+from inference.postprocess import PostprocessRule, case_table, checkpoint_rule, choose_rule, rule_hook
+from inference.predictor import InferenceSettings, Predictor
 from metrics import (
     brats_region_metrics,
     confusion_matrix,
@@ -168,7 +168,7 @@ def choose_postprocess(checkpoint: Mapping[str, Any], cfg: Any, cache: Any, case
                        device: torch.device) -> tuple[PostprocessRule, float, float]:
     """``--postprocess``: the rule chosen on ``case_ids`` (a unit's validation cases) for the network of
     ``checkpoint``: (rule, mean validation Dice with it, without it). Every rank scores its share of the cases
-    and returns the same rule (experiment/postprocess.py)."""
+    and returns the same rule (inference/postprocess.py)."""
     scheme = cfg.dataset_def().scheme
     predictor = Predictor.from_checkpoints([checkpoint], InferenceSettings.from_config(cfg, device))
 

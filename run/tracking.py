@@ -45,7 +45,6 @@ from typing import Any
 
 from experiment.config import CONFIG_JSON, ExperimentConfig
 from experiment.data import training_budget
-from experiment.loop import RunCallbacks, RunState
 from experiment.run_folder import (
     COMPARISON_CSV,
     EFFICIENCY_KEYS,
@@ -65,6 +64,7 @@ from experiment.run_folder import (
     VAL_DICE_KEYS,
     UnitKey,
 )
+from run.callbacks import RunCallbacks, RunState
 from utils.errors import first_line
 from utils.io import read_csv, write_csv
 

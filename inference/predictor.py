@@ -36,10 +36,10 @@ import torch.nn as nn
 from monai.inferers import sliding_window_inference
 
 from brats_data import modality_indices
-from losses.regions import paint_regions
 from models import get_model, model_spec
 from utils.checkpoint import unwrap_model
 from utils.labels import CLASSIC, NUM_CLASSES, LabelScheme
+from utils.regions import paint_regions
 from utils.runtime import autocast_context
 
 SLICES_PER_FORWARD = 32  # 2D: axial slices handed to the sliding window at once

@@ -13,7 +13,7 @@ per removal combination, the Dice with and without the ET switch and the ET volu
 predictions are never held in memory together, and under torchrun each rank scores its share of the cases.
 
 :class:`PostprocessRule` is plain values (checkpoints, config.json, results rows) and applies itself to a label
-map; the :class:`~experiment.predictor.Predictor` calls it through its post-processing hook at test,
+map; the :class:`~inference.predictor.Predictor` calls it through its post-processing hook at test,
 ``--export_predictions`` and ``predict.py``.
 """
 

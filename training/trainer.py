@@ -22,7 +22,6 @@ autotuning is on unless ``--deterministic``; AdamW is fused on CUDA.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib
 import logging
@@ -39,19 +38,18 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
+from evaluation.scoring import validation_dice
 from experiment.config import ExperimentConfig
 from experiment.data import build_train_loader
-from experiment.evaluation import validation_dice
-from experiment.predictor import InferenceSettings, Predictor
 from experiment.run_folder import RunFolder, UnitKey, val_dice_keys
-from losses import make_loss
+from inference.predictor import InferenceSettings, Predictor
 from models import get_model, model_spec
+from training.losses import make_loss
 from utils import distributed as du
 from utils.checkpoint import BEST_KEYS, load_checkpoint, load_pretrained, save_checkpoint, unwrap_model
-from utils.runtime import autocast_context, set_seed
+from utils.runtime import autocast_context, enable_grad_checkpoint, memory_format, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -150,32 +148,6 @@ class TrainResult:
     postprocess: dict[str, Any] = field(default_factory=dict)  # the rule and its validation Dice (--postprocess)
 
 
-# ----------------------------------------------------------------------------- speed options
-def memory_format(dim: str) -> torch.memory_format:
-    return torch.channels_last_3d if dim == "3d" else torch.channels_last
-
-
-def enable_grad_checkpoint(model: nn.Module) -> str:
-    """Activation checkpointing: MONAI's ``use_checkpoint`` where the model has it, else every callable
-    top-level stage recomputed in the backward pass (only its input is kept). Returns what was done."""
-    flagged = [m for m in model.modules() if isinstance(getattr(m, "use_checkpoint", None), bool)]
-    for m in flagged:
-        m.use_checkpoint = True
-    if flagged:
-        return f"MONAI use_checkpoint on {len(flagged)} modules"
-    stages = [(n, m) for n, m in model.named_children()
-              if type(m).forward is not nn.Module.forward and any(p.requires_grad for p in m.parameters())]
-    for _, stage in stages:
-        stage.forward = functools.partial(_checkpointed, stage.forward)
-    return f"{len(stages)} stages checkpointed"
-
-
-def _checkpointed(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    if not torch.is_grad_enabled():
-        return forward(*args, **kwargs)
-    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
-
-
 # ----------------------------------------------------------------------------- the trainer
 class UnitTrainer:
     """The state of one unit's training, its named steps and its hooks (see the module docstring).
@@ -269,7 +241,7 @@ class UnitTrainer:
                                               regions=self.dataset.scheme if cfg.region_based else None)
         self.augment, self.loader_patch = None, None
         if cfg.augmentation == "nnunet":
-            from experiment.augmentation import NNUNET_PARAMS, BatchAugmentation, loader_patch_size
+            from training.augmentation import NNUNET_PARAMS, BatchAugmentation, loader_patch_size
 
             params = cfg.augmentation_params or NNUNET_PARAMS
             self.augment = BatchAugmentation(cfg.spatial_patch, params, seed=self.key.seed)
@@ -480,7 +452,7 @@ def trainer_class(name: str) -> type[UnitTrainer]:
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"--trainer {name}: cannot import {attr} from {module_name} ({exc})") from None
         if not (isinstance(cls, type) and issubclass(cls, UnitTrainer)):
-            raise ValueError(f"--trainer {name}: {attr} is not a subclass of experiment.training.UnitTrainer")
+            raise ValueError(f"--trainer {name}: {attr} is not a subclass of training.trainer.UnitTrainer")
         return cls
     raise ValueError(f"unknown --trainer {name!r}; registered: {', '.join(sorted(TRAINERS))}, "
                      "or give module:Class of an importable subclass of UnitTrainer")

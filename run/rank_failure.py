@@ -39,6 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from experiment.run_folder import UnitKey
+from run.logs import LOGGED_PACKAGES
 from utils import distributed as du
 from utils.errors import first_line
 
@@ -64,7 +65,7 @@ def failure_timeout_s() -> float:
 
 def flush_logs() -> None:
     """Flush every handler of the loggers the run writes to (run.log included), stdout and stderr."""
-    loggers = [logging.getLogger(name) for name in ("experiment", "brats_data", "visualization", "models", "utils")]
+    loggers = [logging.getLogger(name) for name in LOGGED_PACKAGES]
     for handler in {h for lg in loggers for h in lg.handlers}:
         try:
             handler.flush()
@@ -193,7 +194,7 @@ class RankFailureWatch:
         else:
             return
         self._decided.add(unit)
-        rank, record = min(failed.items())
+        record = failed[min(failed)]  # the lowest failing rank's reason
         ranks = ", ".join(map(str, sorted(failed)))
         reason = (f"{record['reason']} [on rank {ranks} of {self.world_size}; {why}: the job was ended, "
                   "--resume continues]")

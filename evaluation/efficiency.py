@@ -31,7 +31,7 @@ import torch.nn as nn
 from experiment.run_folder import EFFICIENCY_KEYS
 from models import deploy, get_model, model_spec
 from utils.errors import first_line
-from utils.runtime import autocast_context
+from utils.runtime import autocast_context, enable_grad_checkpoint
 
 PAM_REPEATS = 5
 
@@ -221,8 +221,6 @@ def measure_efficiency(model_name: str, cfg: Any, device: torch.device) -> tuple
     values["params"] = count_parameters(model)
     deployed, n_fused = inference_copy(model)
     if cfg.grad_checkpoint:  # the training PAM of the run as configured
-        from experiment.training import enable_grad_checkpoint
-
         notes.append(f"PAM with activation checkpointing ({enable_grad_checkpoint(model)})")
     if n_fused:
         notes.append(f"latency with {n_fused} RepLK convolutions re-parameterised")

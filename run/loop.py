@@ -1,17 +1,17 @@
 """The experiment: seeds x folds x models -> train, evaluate, measure, write. The only loop.
 
-    run_integrated_experiment(cfg, callbacks)
+    run_experiment(cfg, callbacks)
         preflight(cfg)                 unknown models, dims, patch sizes, trainers, missing weights: before any work
         open_run(cfg, ctx)             run folder, data and cache, splits, config.json, run.log
         for each unit: run_unit(...)   train -> evaluate the best weights -> efficiency -> rows -> on_unit_end
                                        (the units of --shard, experiment/sharding.py; under torchrun a failure on
-                                       some ranks only ends the job within seconds, experiment/rank_failure.py)
+                                       some ranks only ends the job within seconds, run/rank_failure.py)
         finish_run(...)                model_comparison.csv, statistics -> on_run_end
 
-What is drawn or reported is not the loop's business: :class:`RunCallbacks` objects given by the caller
-(the CLI passes ``visualization.ChartCallbacks``: charts, slice figures, Grad-CAM, report.html), then the
-trackers of ``--tracker`` (``experiment/tracking.py``: TensorBoard, MLflow), are called on rank 0,
-and a callback that fails is a warning in ``run.log``, never a lost result. ``experiment/`` never imports
+What is drawn, reported or tracked is not the loop's business: the :class:`~run.callbacks.RunCallbacks` objects
+given by the caller (``experiment_runner.run_callbacks``: ``visualization.ChartCallbacks`` for charts, slice
+figures, Grad-CAM and report.html, then the trackers of ``--tracker``, ``run/tracking.py``) are called on rank 0,
+and a callback that fails is a warning in ``run.log``, never a lost result. ``run/`` never imports
 ``visualization/``.
 """
 
@@ -23,9 +23,8 @@ import logging
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +32,17 @@ import numpy as np
 import pandas as pd
 import torch
 
+from evaluation.efficiency import count_parameters, measure_efficiency
+from evaluation.scoring import EvaluationResult, choose_postprocess, evaluate_checkpoint
 from experiment.config import ExperimentConfig, resume_config
 from experiment.data import make_all_splits, prepare_data, training_budget
-from experiment.efficiency import count_parameters, measure_efficiency
-from experiment.evaluation import EvaluationResult, choose_postprocess, evaluate_checkpoint
-from experiment.rank_failure import RankFailureWatch
 from experiment.run_folder import EFFICIENCY_KEYS, LOG_FILE, RESULTS_CSV, RunFolder, UnitKey
 from experiment.sharding import check_shard, shard_suffix, shard_units
-from experiment.training import STOP, Interrupted, TrainResult, train_model, trainer_class
 from models import get_model, model_spec
+from run.callbacks import RunCallbacks, RunState, notify
+from run.logs import add_log_file, run_logging
+from run.rank_failure import RankFailureWatch
+from training.trainer import STOP, Interrupted, TrainResult, train_model, trainer_class
 from utils import distributed as du
 from utils.checkpoint import load_checkpoint
 from utils.errors import first_line
@@ -49,7 +50,6 @@ from utils.errors import first_line
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_BAD_DATA, EXIT_UNITS_FAILED, EXIT_INTERRUPTED = 0, 2, 3, 130
-LOGGED_PACKAGES = ("experiment", "brats_data", "visualization", "models", "utils")
 
 
 @dataclass
@@ -59,118 +59,12 @@ class RunSummary:
     failed: list[dict[str, Any]]
 
 
-@dataclass
-class RunState:
-    """What the loop carries from unit to unit."""
-
-    cfg: ExperimentConfig
-    ctx: du.DistContext
-    run: RunFolder
-    cache: Any
-    splits: dict[str, Any]
-    done: set[UnitKey]
-    efficiency: dict[str, tuple[dict, str]] = field(default_factory=dict)
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    callbacks: Sequence[RunCallbacks] = ()
-    watch: RankFailureWatch | None = None  # under torchrun: one rank's failure reaches every rank
-    progress: dict[str, Any] = field(default_factory=dict)  # the unit in progress and its last epoch (rank 0)
-
-
-class RunCallbacks:
-    """What a caller hooks into a run (charts, reports, trackers); every method is a no-op here.
-
-    Called on rank 0 only, after the run folder holds what they describe, in this order: ``on_run_start``;
-    per unit ``on_unit_start``, ``on_train_progress`` (every ``CHECK_EVERY`` steps), ``on_epoch_end``, then
-    ``on_unit_end`` or ``on_unit_failed`` (or ``on_unit_interrupted``, and the run ends); ``on_run_end``. An
-    exception in a callback is logged as a warning and the run goes on.
-    """
-
-    def on_run_start(self, state: RunState) -> None:
-        """The run folder, config.json, splits.json and run.log exist; no unit has started in this process."""
-
-    def on_unit_start(self, state: RunState, key: UnitKey) -> None:
-        """A unit starts training (or resumes: its epoch rows so far are in all_epochs_results.csv)."""
-
-    def on_train_progress(self, state: RunState, key: UnitKey, epoch: int, step: int, loss: float) -> None:
-        """The mean training loss of ``epoch`` over its first ``step`` steps and every rank."""
-
-    def on_epoch_end(self, state: RunState, key: UnitKey, row: dict[str, Any]) -> None:
-        """An epoch's row (all_epochs_results.csv columns) was written."""
-
-    def on_unit_end(self, state: RunState, key: UnitKey, result: TrainResult, evaluation: EvaluationResult) -> None:
-        """A unit finished: its rows are written; ``result`` holds the best weights, ``evaluation`` its test."""
-
-    def on_unit_failed(self, state: RunState, key: UnitKey, epoch: int, reason: str) -> None:
-        """A unit failed (recorded in failed_runs.csv); the run goes on with the next one."""
-
-    def on_unit_interrupted(self, state: RunState, key: UnitKey) -> None:
-        """A stop request (SIGINT/SIGTERM) ended the unit, which stays resumable, and the run."""
-
-    def on_run_end(self, state: RunState) -> None:
-        """Every unit ran; the comparison, statistics and ranking files are written."""
-
-
-def notify(state: RunState, event: str, *args: Any) -> None:
-    """Call ``event`` on every callback (rank 0); a failure is a warning, never a lost run."""
-    if not state.ctx.is_main:
-        return
-    for callback in state.callbacks:
-        try:
-            getattr(callback, event)(state, *args)
-        except Exception as exc:  # a chart or a tracker must never cost the results
-            log.warning("warning: %s.%s failed: %s", type(callback).__name__, event, first_line(exc, with_type=True))
-
-
-# ----------------------------------------------------------------------------- logging
-@contextmanager
-def run_logging(ctx: du.DistContext, log_file: Path | None = None) -> Iterator[None]:
-    """Progress to stdout and warnings to stderr (rank 0; other ranks: warnings only, prefixed), and,
-    once the run folder exists, everything with timestamps to ``run.log`` (see :func:`add_log_file`)."""
-    loggers = [logging.getLogger(name) for name in LOGGED_PACKAGES]
-    previous = [(lg, lg.level, lg.propagate) for lg in loggers]
-    handlers: list[logging.Handler] = []
-    if ctx.is_main:
-        out = logging.StreamHandler(sys.stdout)
-        # the console shows the run's own progress; other packages' notes go to run.log only
-        out.addFilter(lambda record: record.levelno < logging.WARNING and record.name.startswith("experiment"))
-        handlers.append(out)
-    err = logging.StreamHandler(sys.stderr)
-    err.setLevel(logging.WARNING)
-    err.setFormatter(logging.Formatter("%(message)s" if ctx.is_main else f"[rank {ctx.rank}] %(message)s"))
-    handlers.append(err)
-    for lg in loggers:
-        lg.setLevel(logging.INFO)
-        lg.propagate = False
-        for h in handlers:
-            lg.addHandler(h)
-    try:
-        yield
-    finally:
-        for lg, level, propagate in previous:
-            for h in list(lg.handlers):
-                if h in handlers or getattr(h, "_run_log", False):
-                    lg.removeHandler(h)
-            lg.setLevel(level)
-            lg.propagate = propagate
-        for h in handlers:
-            h.close()
-
-
-def add_log_file(path: Path) -> None:
-    """Append everything the run logs, with timestamps, to ``path`` (rank 0 only)."""
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler._run_log = True  # type: ignore[attr-defined]
-    for name in LOGGED_PACKAGES:
-        logging.getLogger(name).addHandler(handler)
-
-
 # ----------------------------------------------------------------------------- opening the run
 def preflight(cfg: ExperimentConfig) -> None:
     """Fail before any work on what the registry or the disk can already tell."""
     trainer_class(cfg.trainer)  # an unknown trainer or an import path that does not import
     if cfg.augmentation == "nnunet" and cfg.augmentation_params is None:  # recorded in config.json
-        from experiment.augmentation import NNUNET_PARAMS
+        from training.augmentation import NNUNET_PARAMS
 
         cfg.augmentation_params = dict(NNUNET_PARAMS)
     check_shard(cfg)  # a shard with no unit
@@ -281,7 +175,7 @@ def _record_failure(state: RunState, key: UnitKey, epoch: int, exc: Exception, t
 
 
 def _record_job_end(state: RunState, key: UnitKey, epoch: int, reason: str) -> None:
-    """A unit that failed on some ranks only ends the job (experiment/rank_failure.py): rank 0 records it, from
+    """A unit that failed on some ranks only ends the job (run/rank_failure.py): rank 0 records it, from
     the watchdog thread, before every rank leaves; callbacks get 10 s."""
     if state.progress.get("key") == key:  # the failing rank may not know (only rank 0 sees the epochs end)
         epoch = state.progress["epoch"] + 1
@@ -375,9 +269,10 @@ def finish_run(state: RunState) -> RunSummary:
 
 
 # ----------------------------------------------------------------------------- the whole experiment
-def run_integrated_experiment(cfg: ExperimentConfig, callbacks: Sequence[RunCallbacks] = ()) -> RunSummary:
+def run_experiment(cfg: ExperimentConfig, callbacks: Sequence[RunCallbacks] = ()) -> RunSummary:
     """Run every (seed, fold, model) unit of ``cfg`` and write the run folder (experiment/run_folder.py, README
-    "Outputs"); ``callbacks`` (e.g. ``visualization.ChartCallbacks()``) draw or report on rank 0."""
+    "Outputs"); ``callbacks`` (charts, reports, trackers: ``experiment_runner.run_callbacks(cfg)``) are called on
+    rank 0. The public entry with the command line's callbacks is ``experiment_runner.run_integrated_experiment``."""
     torch.multiprocessing.set_sharing_strategy(cfg.sharing_strategy)
     ctx = du.init_distributed(cfg.device)
     STOP.install()
@@ -393,9 +288,7 @@ def _run(cfg: ExperimentConfig, ctx: du.DistContext, callbacks: Sequence[RunCall
     if cfg.resume is not None:
         cfg = resume_config(cfg)
     preflight(cfg)
-    from experiment.tracking import make_trackers  # trackers are run callbacks too (--tracker); after the caller's
-
-    state = open_run(cfg, ctx, [*callbacks, *make_trackers(cfg)])
+    state = open_run(cfg, ctx, list(callbacks))
     if ctx.distributed:
         state.watch = RankFailureWatch.start(ctx, functools.partial(_record_job_end, state))
     try:

@@ -3,7 +3,7 @@
 The official package (PyPI ``brats-evaluation``, import name ``brats_evaluation``, built on panoptica) pins
 ``numpy<2.3`` and ``plotly<6``, so it runs in an environment of its own (``.venv-brats-eval``), driven by a
 short script in a subprocess: it scores each unit's exported folder (``predictions/{unit}/``, from
-``experiment/export.py``) against ``predictions/references/`` and the per-case rows go to
+``inference/export.py``) against ``predictions/references/`` and the per-case rows go to
 ``RUN/official_brats_metrics.csv``. The configuration is the data set's (its record in
 ``brats_data/definitions.py``): the task's own (``gli``, ``mets``, ``MenPre``, ``ped``), the GLI one with ET = 4
 for BraTS 2018/2021 data, and for MSD/nnU-Net data the GLI one after both files are relabelled to BraTS 2023

@@ -3,7 +3,7 @@
 
 - :func:`predict_folder`: new cases in any supported layout -> ``OUT/{case_id}.nii.gz``. Each case gets the
   run's preprocessing (:func:`brats_data.preprocess_case`: the cache's normalisation and brain crop), the
-  run's :class:`~experiment.predictor.Predictor` over the chosen best checkpoints (the softmax averaged
+  run's :class:`~inference.predictor.Predictor` over the chosen best checkpoints (the softmax averaged
   over them and, with ``tta``, over every mirrored input), the crop put back into the original grid, and
   the label values of the data set (:func:`written_as`: ET = 4 for BraTS 2018/2021 names, 3 for 2023 names;
   an MSD or nnU-Net dataset folder's own values, from its dataset.json; PED's ET = 1, GLI post-treatment's
@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 from brats_data import CaseRecord, find_input_cases, preprocess_case, unmap_labels
 from brats_data.definitions import DatasetDef
 from experiment.data import open_prepared_cache
-from experiment.postprocess import checkpoint_rule, rule_hook
-from experiment.predictor import InferenceSettings, Predictor
 from experiment.run_folder import RunFolder
 from experiment.sharding import open_runs, select_checkpoints
+from inference.postprocess import checkpoint_rule, rule_hook
+from inference.predictor import InferenceSettings, Predictor
 from utils import distributed as du
 from utils.checkpoint import BEST_KEYS, load_checkpoint
 from utils.distributed import resolve_device

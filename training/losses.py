@@ -17,9 +17,8 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
+from training.region_loss import RegionDiceBCELoss
 from utils.labels import CLASSIC, LabelScheme
-
-from .regions import RegionDiceBCELoss
 
 # kind -> (Dice weight, cross-entropy weight)
 LOSS_WEIGHTS: dict[str, tuple[float, float]] = {
@@ -72,7 +71,8 @@ class CombinedDiceCELoss(nn.Module):
 def make_loss(kind: str = "nnunet", region_based: bool = False, scheme: LabelScheme = CLASSIC) -> nn.Module:
     """The training loss of the suite: ``"nnunet"`` = 0.7 Dice + 0.3 CE (default),
     ``"standard"`` = 0.5 Dice + 0.5 CE (see :class:`CombinedDiceCELoss`); with ``region_based`` the same weights
-    for Dice + binary cross-entropy over the regions of ``scheme`` (:class:`~losses.regions.RegionDiceBCELoss`)."""
+    for Dice + binary cross-entropy over the regions of ``scheme``
+    (:class:`~training.region_loss.RegionDiceBCELoss`)."""
     if kind not in LOSS_WEIGHTS:
         raise ValueError(f"unknown loss kind {kind!r}; valid kinds: {', '.join(LOSS_WEIGHTS)}")
     dice_weight, ce_weight = LOSS_WEIGHTS[kind]
