@@ -9,6 +9,7 @@
 from models import dualbranch, transformers, unet  # noqa: F401  (importing a family registers its models)
 from models.registry import (  # noqa: F401  (the public API of the model zoo)
     ModelSpec,
+    Published,
     create_model,
     deploy,
     get_model,

@@ -74,9 +74,9 @@ def catalog_rows() -> list[dict]:
         spec = model_spec(name)
         dim = "3d" if "3d" in spec.dims else "2d"
         params = trainable_parameters(_build_cheaply(name, dim))
-        rows.append(
-            {"name": name, "family": spec.family, "modalities": spec.modalities, "dims": spec.dims, "params": params}
-        )
+        rows.append({"name": name, "family": spec.family, "modalities": spec.modalities, "dims": spec.dims,
+                     "params": params, "published": spec.published.params if spec.published else None,
+                     "source": spec.published.source if spec.published else ""})
     return rows
 
 
@@ -85,8 +85,13 @@ def format_lines(rows: Sequence[dict]) -> list[str]:
     return [
         f"{r['name']:48s} family={r['family']:12s} modalities={','.join(r['modalities']):22s} "
         f"dims={','.join(r['dims']):6s} params={r['params']:,}"
+        + (f" published={r['published']:,}" if r.get("published") else "")
         for r in rows
     ]
+
+
+def _count(value: int | None) -> str:
+    return f"{value:,}" if value else ""
 
 
 def markdown(rows: Sequence[dict]) -> str:
@@ -106,13 +111,15 @@ def markdown(rows: Sequence[dict]) -> str:
         "## Models",
         "",
         f"{len(rows)} models. Parameters: trainable parameters of the model built at 128^3 "
-        "(at 128x128 for models that exist in 2D only); every model's input channels are its modalities.",
+        "(at 128x128 for models that exist in 2D only); every model's input channels are its modalities. "
+        "Published: the count its authors or its library report, where the model is a published network.",
         "",
-        "| Model | Family | Modalities | Dims | Parameters (M) | Parameters |",
-        "|---|---|---|---|---:|---:|",
+        "| Model | Family | Modalities | Dims | Parameters (M) | Parameters | Published | Source of the published |",
+        "|---|---|---|---|---:|---:|---:|---|",
         *(
             f"| `{r['name']}` | {r['family']} | {', '.join(r['modalities'])} | {', '.join(r['dims'])} "
-            f"| {r['params'] / 1e6:.2f} | {r['params']:,} |"
+            f"| {r['params'] / 1e6:.2f} | {r['params']:,} | {_count(r['published'])} "
+            f"| {r['source']} |"
             for r in rows
         ),
     ]

@@ -21,6 +21,14 @@ DIMS = ("2d", "3d")
 
 
 @dataclass(frozen=True)
+class Published:
+    """A published network's parameter count, for the catalogue row beside the count of the model built here."""
+
+    params: int
+    source: str  # where the number comes from (paper, table, setting)
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     name: str
     factory: Callable[..., nn.Module]
@@ -28,6 +36,11 @@ class ModelSpec:
     dims: tuple[str, ...]
     family: str = ""
     description: str = ""
+    published: Published | None = None
+    # The factory takes ``deep_supervision=True``: the model then returns, in training mode, a list of logits from
+    # the full resolution down (nnU-Net's order, each scale half the previous one); in eval mode the full-resolution
+    # logits only, so inference never sees the coarser outputs.
+    deep_supervision: bool = False
 
     @property
     def in_channels(self) -> int:
@@ -51,6 +64,8 @@ def register_model(
     dims: Sequence[str] = DIMS,
     family: str = "",
     description: str = "",
+    published: Published | None = None,
+    deep_supervision: bool = False,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering ``factory`` under ``name``."""
     bad_dims = [d for d in dims if d not in DIMS]
@@ -67,6 +82,8 @@ def register_model(
             dims=tuple(d for d in DIMS if d in dims),
             family=family,
             description=description or (factory.__doc__ or "").strip().split("\n")[0],
+            published=published,
+            deep_supervision=deep_supervision,
         )
         return factory
 
@@ -126,23 +143,31 @@ def check_divisible(name: str, patch_size: Sequence[int], divisor: int) -> None:
 
 
 def create_model(name: str, dim: str = "3d", patch_size: Sequence[int] = (128, 128, 128),
-                 num_classes: int = NUM_CLASSES) -> nn.Module:
-    """Build ``name`` for ``dim`` with ``num_classes`` output channels (the data set's; default the BraTS 4)."""
+                 num_classes: int = NUM_CLASSES, deep_supervision: bool = False) -> nn.Module:
+    """Build ``name`` for ``dim`` with ``num_classes`` output channels (the data set's; default the BraTS 4);
+    ``deep_supervision`` only for a model whose spec has it (:attr:`ModelSpec.deep_supervision`)."""
     if int(num_classes) < 2:
         raise ValueError(f"model '{name}': num_classes must be >= 2 (background and a class), got {num_classes}")
     spec = model_spec(name)
     if dim not in spec.dims:
         raise ValueError(f"model '{name}' supports --dim {' or '.join(spec.dims)}, not {dim}")
     ps = normalize_patch_size(patch_size, dim)
+    if deep_supervision:
+        if not spec.deep_supervision:
+            raise ValueError(f"model '{name}' has no decoder outputs at several scales: --deep_supervision is for "
+                             f"{', '.join(n for n in list_models() if model_spec(n).deep_supervision) or 'none'}")
+        return spec.factory(dim=dim, patch_size=ps, in_channels=spec.in_channels, out_channels=int(num_classes),
+                            deep_supervision=True)
     return spec.factory(dim=dim, patch_size=ps, in_channels=spec.in_channels, out_channels=int(num_classes))
 
 
 def get_model(name: str, dim: str = "3d", patch_size: Sequence[int] = (128, 128, 128),
-              num_classes: int = NUM_CLASSES) -> nn.Module:
+              num_classes: int = NUM_CLASSES, deep_supervision: bool = False) -> nn.Module:
     """Build ``name`` for ``dim``: input ``(B, len(spec.modalities), *spatial)``, output logits
     ``(B, num_classes, *spatial)`` (the data set's classes with background; 4 for BraTS 2018-2023 GLI); the
     registry checks the name, the dim and the patch size."""
-    return create_model(name, dim=dim, patch_size=patch_size, num_classes=num_classes)
+    return create_model(name, dim=dim, patch_size=patch_size, num_classes=num_classes,
+                        deep_supervision=deep_supervision)
 
 
 def deploy(model: nn.Module) -> int:
