@@ -31,8 +31,8 @@ import torch.nn as nn
 
 from models import model_spec
 from utils.labels import CLASSIC, LabelScheme
-from visualization.visualization_3d import display_channel, tumour_slices
-from visualization.visualization_dataframe import PathLike, drawing
+from visualization.figures import PathLike, drawing
+from visualization.slices import display_channel, tumour_slices
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 CAM_ALPHA = 0.45
