@@ -225,21 +225,29 @@ def _minor_log_label(value: float, _pos: int | None = None) -> str:
     return EngFormatter()(value) if round(mantissa) in (2, 3, 5) else ""
 
 
-def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
-    """Mean test Dice vs parameters (log x), marker area ~ FLOPs, one label per model (``parameter_efficiency.png``).
+@dataclass(frozen=True)
+class _EfficiencyPoints:
+    """One point per model of the parameter-efficiency chart, in the summary's model order."""
 
-    The Pareto front over parameters (no other model has a higher mean Dice with as many or fewer
-    parameters; ``metrics.statistics.pareto_front``) is drawn as a staircase and its models are
-    labelled in bold. Error bars: the bootstrap 95% CI over cases where the table has it
-    (``model_comparison.csv``), else ± std over seeds/folds.
-    """
+    models: list[str]
+    params: np.ndarray
+    dice: np.ndarray
+    errors: np.ndarray  # (2, models): below and above the mean
+    flops: np.ndarray
+    areas: np.ndarray
+    on_front: np.ndarray  # Pareto front over parameters
+    spread: str  # what the error bars are
+
+
+def _efficiency_points(results_df: pd.DataFrame) -> _EfficiencyPoints:
+    """Mean test Dice, parameters, FLOPs, error bars (bootstrap CI where the table has it, else ± std) and the
+    Pareto front of every model; ValueError when a model has no positive parameter count (log axis)."""
     summary = summary_for(results_df, ["params", "test_dice_mean"], ["flops"], "results table")
     params = summary["params_mean"].to_numpy(dtype=float)
     bad = [m for m, p in zip(summary.index, params) if not (np.isfinite(p) and p > 0)]
     if bad:
         raise ValueError(f"params must be positive for a log axis; models {bad} have {params[~(params > 0)]}")
     flops = summary["flops_mean"].to_numpy(dtype=float)
-    areas = _marker_areas(flops)
     dice = summary["test_dice_mean_mean"].to_numpy(dtype=float)
     ci = ci_errors(summary, {"test_dice_mean": "Mean"})
     if ci is not None:
@@ -249,59 +257,89 @@ def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
         std = summary["test_dice_mean_std"].to_numpy(dtype=float)
         errors, spread = np.vstack([std, std]), "mean ± std over seeds/folds"
     on_front = np.array([bool(f) for f in pareto_front(dice, params)])
-    palette = model_palette(list(summary.index))
+    return _EfficiencyPoints(list(summary.index), params, dice, errors, flops, _marker_areas(flops), on_front, spread)
+
+
+def _draw_pareto_front(ax: Axes, points: _EfficiencyPoints) -> object | None:
+    """The Pareto front as a dashed staircase (by parameters); its line, or None when no model is on it."""
+    if not points.on_front.any():
+        return None
+    front = np.flatnonzero(points.on_front)
+    front = front[np.lexsort((points.dice[front], points.params[front]))]
+    (front_line,) = ax.step(points.params[front], points.dice[front], where="post", color="0.35", linestyle="--",
+                            linewidth=1.2, zorder=1, label="Pareto front (parameters)")
+    return front_line
+
+
+def _draw_efficiency_models(ax: Axes, points: _EfficiencyPoints) -> None:
+    """Each model: its error bar, a marker of area ~ FLOPs (thick edge on the front) and its name beside it."""
+    palette = model_palette(points.models)
+    params, dice, areas, on_front = points.params, points.dice, points.areas, points.on_front
+    for i, model in enumerate(points.models):
+        color = palette[model]
+        if np.isfinite(points.errors[:, i]).all():
+            ax.errorbar(params[i], dice[i], yerr=points.errors[:, i:i + 1], color=color, capsize=3, zorder=2)
+        ax.scatter(params[i], dice[i], s=areas[i], color=color, alpha=0.75, edgecolor="k", zorder=3,
+                   linewidth=2.0 if on_front[i] else 1.0)
+        offset = 0.5 * math.sqrt(areas[i]) + 2.0  # marker radius in points, plus a gap
+        ax.annotate(
+            f"{model} (Pareto)" if on_front[i] else model,
+            (params[i], dice[i]),
+            xytext=(offset, offset),
+            textcoords="offset points",
+            fontsize="small",
+            fontweight="bold" if on_front[i] else "normal",
+        )
+
+
+def _flops_legend(ax: Axes, points: _EfficiencyPoints, front_line: object | None) -> None:
+    """The marker-area legend (the smallest and largest FLOPs) with the front; a note when no FLOPs are known."""
+    flops, areas = points.flops, points.areas
+    finite = np.isfinite(flops) & (flops > 0)
+    if finite.any():
+        known = np.flatnonzero(finite)
+        shown = sorted({int(known[np.argmin(flops[known])]), int(known[np.argmax(flops[known])])})
+        handles = [ax.scatter([], [], s=areas[i], color="0.6", edgecolor="k") for i in shown]
+        labels = [f"{flops[i] / 1e9:.3g} GFLOPs" for i in shown]
+        if front_line is not None:
+            handles.append(front_line)
+            labels.append("Pareto front (parameters)")
+        ax.legend(
+            handles,
+            labels,
+            title="marker area ~ FLOPs",
+            loc="best",
+            labelspacing=1.8,
+            borderpad=1.2,
+            handletextpad=1.8,
+        )
+    else:
+        ax.set_title("FLOPs not measured (uniform markers)", fontsize="small")
+        if front_line is not None:
+            ax.legend(loc="best", fontsize="small")
+
+
+def plot_parameter_efficiency(results_df: pd.DataFrame, path: PathLike) -> Path:
+    """Mean test Dice vs parameters (log x), marker area ~ FLOPs, one label per model (``parameter_efficiency.png``).
+
+    The Pareto front over parameters (no other model has a higher mean Dice with as many or fewer
+    parameters; ``metrics.statistics.pareto_front``) is drawn as a staircase and its models are
+    labelled in bold. Error bars: the bootstrap 95% CI over cases where the table has it
+    (``model_comparison.csv``), else ± std over seeds/folds.
+    """
+    points = _efficiency_points(results_df)
     with drawing(path, figsize=(10.0, 6.5)) as (fig, axes):
         ax = axes[0, 0]
-        front_line = None
-        if on_front.any():
-            front = np.flatnonzero(on_front)
-            front = front[np.lexsort((dice[front], params[front]))]
-            (front_line,) = ax.step(params[front], dice[front], where="post", color="0.35", linestyle="--",
-                                    linewidth=1.2, zorder=1, label="Pareto front (parameters)")
-        for i, model in enumerate(summary.index):
-            color = palette[model]
-            if np.isfinite(errors[:, i]).all():
-                ax.errorbar(params[i], dice[i], yerr=errors[:, i:i + 1], color=color, capsize=3, zorder=2)
-            ax.scatter(params[i], dice[i], s=areas[i], color=color, alpha=0.75, edgecolor="k", zorder=3,
-                       linewidth=2.0 if on_front[i] else 1.0)
-            offset = 0.5 * math.sqrt(areas[i]) + 2.0  # marker radius in points, plus a gap
-            ax.annotate(
-                f"{model} (Pareto)" if on_front[i] else model,
-                (params[i], dice[i]),
-                xytext=(offset, offset),
-                textcoords="offset points",
-                fontsize="small",
-                fontweight="bold" if on_front[i] else "normal",
-            )
+        front_line = _draw_pareto_front(ax, points)
+        _draw_efficiency_models(ax, points)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(EngFormatter())
         ax.xaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
         ax.margins(x=0.2, y=0.1)
         ax.set_xlabel("Parameters (log scale)")
         ax.set_ylabel("Test mean Dice (WT/TC/ET)")
-        finite = np.isfinite(flops) & (flops > 0)
-        if finite.any():
-            known = np.flatnonzero(finite)
-            shown = sorted({int(known[np.argmin(flops[known])]), int(known[np.argmax(flops[known])])})
-            handles = [ax.scatter([], [], s=areas[i], color="0.6", edgecolor="k") for i in shown]
-            labels = [f"{flops[i] / 1e9:.3g} GFLOPs" for i in shown]
-            if front_line is not None:
-                handles.append(front_line)
-                labels.append("Pareto front (parameters)")
-            ax.legend(
-                handles,
-                labels,
-                title="marker area ~ FLOPs",
-                loc="best",
-                labelspacing=1.8,
-                borderpad=1.2,
-                handletextpad=1.8,
-            )
-        else:
-            ax.set_title("FLOPs not measured (uniform markers)", fontsize="small")
-            if front_line is not None:
-                ax.legend(loc="best", fontsize="small")
-        fig.suptitle(f"Parameter efficiency ({spread})")
+        _flops_legend(ax, points, front_line)
+        fig.suptitle(f"Parameter efficiency ({points.spread})")
     return Path(path)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.patches import Patch
 
@@ -78,6 +79,78 @@ def display_channel(modalities: Sequence[str], prefer: Sequence[str] = ("flair",
     return next((names.index(p) for p in prefer if p in names), 0)
 
 
+def _checked_segmentations(image: np.ndarray, label: np.ndarray, predictions: Mapping[str, np.ndarray],
+                           scheme: LabelScheme) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The label and every model's prediction as int arrays, after checking their shapes against the image
+    ``(C, Z, Y, X)`` and their values against the scheme's classes."""
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, Z, Y, X), got shape {image.shape}")
+    if label.shape != image.shape[1:]:
+        raise ValueError(f"label has shape {label.shape}; expected {image.shape[1:]} (Z, Y, X) of the image")
+    label = _check_classes(label, "label", scheme.num_classes)
+    preds: dict[str, np.ndarray] = {}
+    for name, pred in predictions.items():
+        pred = np.asarray(pred)
+        if pred.shape != label.shape:
+            raise ValueError(
+                f"prediction of model '{name}' has shape {pred.shape}; expected {label.shape} (Z, Y, X) like the label"
+            )
+        preds[str(name)] = _check_classes(pred, f"prediction of model '{name}'", scheme.num_classes)
+    return label, preds
+
+
+def _slice_rows(label: np.ndarray, slices: Sequence[int] | None) -> list[int]:
+    """The axial indices to draw: ``slices`` (checked against the volume), else :func:`tumour_slices`."""
+    n_z = label.shape[0]
+    rows = tumour_slices(label) if slices is None else [int(z) for z in slices]
+    if not rows:
+        raise ValueError("slices is empty; pass at least one axial index or None for the default")
+    bad = [z for z in rows if not 0 <= z < n_z]
+    if bad:
+        raise ValueError(f"slice indices {bad} are outside [0, {n_z}) of the (Z, Y, X) volume")
+    return rows
+
+
+def _background_channel(image: np.ndarray, modality_names: Sequence[str] | None
+                        ) -> tuple[np.ndarray, str, float, float]:
+    """The channel drawn under the segmentations (:func:`display_channel`, channel 0 without names), its column
+    title, and its grey range: the 1st-99th percentiles of the brain (non-zero) voxels."""
+    if modality_names is None:
+        channel, channel_title = 0, "image (channel 0)"
+    else:
+        if len(modality_names) != image.shape[0]:
+            raise ValueError(f"modality_names has {len(modality_names)} names {list(modality_names)} but the image "
+                             f"has {image.shape[0]} channels")
+        channel = display_channel(modality_names)
+        channel_title = str(modality_names[channel]).upper()
+    volume = image[channel].astype(np.float32)
+    brain = volume[volume != 0]
+    vmin, vmax = np.nanpercentile(brain if brain.size else volume, [1.0, 99.0])
+    if not (np.isfinite(vmin) and np.isfinite(vmax)):
+        vmin, vmax = 0.0, 1.0
+    if vmax <= vmin:
+        vmax = vmin + 1.0
+    return volume, channel_title, vmin, vmax
+
+
+def _draw_slice(ax: Axes, background: np.ndarray, vmin: float, vmax: float, seg: np.ndarray | None,
+                colormap: tuple[ListedColormap, BoundaryNorm]) -> None:
+    """One panel: the grey background slice, with ``seg``'s classes over it (background class transparent)."""
+    ax.imshow(background, cmap="gray", vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest")
+    if seg is not None:
+        cmap, norm = colormap
+        ax.imshow(
+            np.ma.masked_equal(seg, 0),
+            cmap=cmap,
+            norm=norm,
+            alpha=OVERLAY_ALPHA,
+            origin="lower",
+            interpolation="nearest",
+        )
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def plot_segmentation_slices(
     image: np.ndarray,
     label: np.ndarray,
@@ -104,71 +177,20 @@ def plot_segmentation_slices(
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
     """
-    image = np.asarray(image)
-    label = np.asarray(label)
-    if image.ndim != 4:
-        raise ValueError(f"image must be (C, Z, Y, X), got shape {image.shape}")
-    if label.shape != image.shape[1:]:
-        raise ValueError(f"label has shape {label.shape}; expected {image.shape[1:]} (Z, Y, X) of the image")
-    label = _check_classes(label, "label", scheme.num_classes)
-    preds: dict[str, np.ndarray] = {}
-    for name, pred in predictions.items():
-        pred = np.asarray(pred)
-        if pred.shape != label.shape:
-            raise ValueError(
-                f"prediction of model '{name}' has shape {pred.shape}; expected {label.shape} (Z, Y, X) like the label"
-            )
-        preds[str(name)] = _check_classes(pred, f"prediction of model '{name}'", scheme.num_classes)
-
-    n_z = label.shape[0]
-    rows = tumour_slices(label) if slices is None else [int(z) for z in slices]
-    if not rows:
-        raise ValueError("slices is empty; pass at least one axial index or None for the default")
-    bad = [z for z in rows if not 0 <= z < n_z]
-    if bad:
-        raise ValueError(f"slice indices {bad} are outside [0, {n_z}) of the (Z, Y, X) volume")
-
-    if modality_names is None:
-        channel, channel_title = 0, "image (channel 0)"
-    else:
-        if len(modality_names) != image.shape[0]:
-            raise ValueError(f"modality_names has {len(modality_names)} names {list(modality_names)} but the image "
-                             f"has {image.shape[0]} channels")
-        channel = display_channel(modality_names)
-        channel_title = str(modality_names[channel]).upper()
-    volume = image[channel].astype(np.float32)
-    brain = volume[volume != 0]
-    vmin, vmax = np.nanpercentile(brain if brain.size else volume, [1.0, 99.0])
-    if not (np.isfinite(vmin) and np.isfinite(vmax)):
-        vmin, vmax = 0.0, 1.0
-    if vmax <= vmin:
-        vmax = vmin + 1.0
-
+    label, preds = _checked_segmentations(np.asarray(image), np.asarray(label), predictions, scheme)
+    rows = _slice_rows(label, slices)
+    volume, channel_title, vmin, vmax = _background_channel(np.asarray(image), modality_names)
     overlays: dict[str, np.ndarray] = {"Ground truth": label, **preds}
-    cmap, norm = _label_colormap(scheme)
-    n_cols = 1 + len(overlays)
-    figsize = (2.6 * n_cols, 2.6 * len(rows) + 0.9)
-    with drawing(path, len(rows), n_cols, figsize=figsize, style="white") as (fig, axes):
+    columns = [(channel_title, None), *overlays.items()]
+    colormap = _label_colormap(scheme)
+    figsize = (2.6 * len(columns), 2.6 * len(rows) + 0.9)
+    with drawing(path, len(rows), len(columns), figsize=figsize, style="white") as (fig, axes):
         for r, z in enumerate(rows):
             axes[r, 0].set_ylabel(f"z = {z}")
-            for c, (name, seg) in enumerate([(channel_title, None), *overlays.items()]):
-                ax = axes[r, c]
-                ax.imshow(
-                    volume[z], cmap="gray", vmin=vmin, vmax=vmax, origin="lower", interpolation="nearest"
-                )
-                if seg is not None:
-                    ax.imshow(
-                        np.ma.masked_equal(seg[z], 0),
-                        cmap=cmap,
-                        norm=norm,
-                        alpha=OVERLAY_ALPHA,
-                        origin="lower",
-                        interpolation="nearest",
-                    )
-                ax.set_xticks([])
-                ax.set_yticks([])
+            for c, (name, seg) in enumerate(columns):
+                _draw_slice(axes[r, c], volume[z], vmin, vmax, None if seg is None else seg[z], colormap)
                 if r == 0:
-                    ax.set_title(name, fontsize="medium")
+                    axes[r, c].set_title(name, fontsize="medium")
         colors = class_colors(scheme)
         handles = [Patch(color=colors[k], label=name) for k, name in scheme.class_names.items()]
         fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
