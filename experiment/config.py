@@ -44,16 +44,37 @@ RUNTIME_FIELDS: tuple[str, ...] = ("data_path", "cache_dir", "device", "num_work
                                    "preprocess_workers", "tracker", "mlflow_uri")
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; ``ValueError`` naming the rule otherwise."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if match is None or not 0 <= int(match[1]) < int(match[2]):
-        raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4 ... 3/4), got {text!r}")
-    return int(match[1]), int(match[2])
+@dataclass(frozen=True)
+class Shard:
+    """``--shard I/N``: the units at positions I, I+N, I+2N ... of the experiment's order (``0 <= I < N``).
 
+    Parsed once, when the configuration is made (:meth:`parse`); ``str()`` gives back ``"I/N"``, the form of the
+    command line and of ``config.json``."""
 
-def format_shard(index: int, count: int) -> str:
-    return f"{index}/{count}"
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4 ... 3/4), got {self}")
+
+    @classmethod
+    def parse(cls, text: str | Shard) -> Shard:
+        """``"I/N"`` (spaces allowed around the numbers) -> ``Shard(I, N)``; ``ValueError`` naming the rule
+        otherwise."""
+        if isinstance(text, Shard):
+            return text
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if match is None or not 0 <= int(match[1]) < int(match[2]):
+            raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4 ... 3/4), got {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def select(self, units: Sequence[Any]) -> list[Any]:
+        """This shard's part of ``units`` (the experiment's units in their one order)."""
+        return list(units[self.index::self.count])
 
 
 def option(default: Any = MISSING, help: str = "", *, group: str = "run", flag: str | None = None,
@@ -174,7 +195,7 @@ class ExperimentConfig:
     results_dir: str = option("baseline_results", "where run folders are created")
     device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     resume: str | None = option(None, "continue an interrupted run in that folder", type=str, metavar="RUN_DIR")
-    shard: str | None = option(None, "run only the units whose position in --list_units modulo N is I (0 <= I < "
+    shard: Shard | None = option(None, "run only the units whose position in --list_units modulo N is I (0 <= I < "
                                "N); the run folder's name ends with _shard_I_of_N", type=str, metavar="I/N")
     measure_efficiency: bool = option(True, "skip FLOPs/PAM/latency measurement", flag="--no_efficiency")
     gradcam: bool = option(False, "Grad-CAM slice overlays of the first test case per model (MONAI)")
@@ -213,8 +234,8 @@ class ExperimentConfig:
                 raise ValueError("--folds chooses folds of a 5-fold run: add --use_5fold")
             if not self.folds or not all(0 <= k < N_FOLDS for k in self.folds):
                 raise ValueError(f"--folds takes fold numbers 0 to {N_FOLDS - 1}, got {self.folds}")
-        if self.shard is not None:
-            self.shard = format_shard(*parse_shard(self.shard))
+        if self.shard is not None:  # "I/N" from the command line or config.json
+            self.shard = Shard.parse(self.shard)
         if len(self.patch_size) not in (2, 3) or (self.dim == "3d" and len(self.patch_size) != 3):
             raise ValueError(f"--patch_size takes Z Y X (3 values; 2D also Y X), got {list(self.patch_size)}")
         self.seeds = [int(s) for s in self.seeds]
@@ -273,7 +294,8 @@ class ExperimentConfig:
         return "bf16" if self.amp == "auto" else self.amp
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The plain values of config.json (``shard`` as its ``"I/N"`` string)."""
+        return asdict(self) | {"shard": None if self.shard is None else str(self.shard)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:
