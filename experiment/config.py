@@ -13,6 +13,8 @@ for ``--resume``, ``evaluate_experiment.py`` and prediction.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import re
 import sys
@@ -23,7 +25,15 @@ from typing import Any
 
 import torch
 
-from brats_data.definitions import DATASET_VERSIONS, SYNTHETIC_TASKS, DatasetDef, dataset_def
+from brats_data.dataset_json import DATASET_JSON
+from brats_data.definitions import (
+    DATASET_JSON_VERSIONS,
+    DATASET_VERSIONS,
+    SYNTHETIC_TASKS,
+    DatasetDef,
+    dataset_def,
+    dataset_json_root,
+)
 from models import list_models, model_spec
 from utils.io import read_json
 
@@ -75,6 +85,35 @@ class Shard:
     def select(self, units: Sequence[Any]) -> list[Any]:
         """This shard's part of ``units`` (the experiment's units in their one order)."""
         return list(units[self.index::self.count])
+
+
+# ----------------------------------------------------------------------------- the data set's record
+# Records are immutable (frozen dataclasses), so a configuration's record is computed once per distinct value of the
+# fields it depends on and shared.
+@functools.lru_cache(maxsize=64)
+def _recorded_dataset(record: str) -> DatasetDef:
+    """The record saved in a configuration (``dataset``, as sorted JSON)."""
+    return DatasetDef.from_dict(json.loads(record))
+
+
+def _dataset_json_stamp(version: str, data_path: str | None) -> tuple[int, int, int] | None:
+    """MSD/nnU-Net: the inode, modification time and size of the dataset.json their record is read from, so that a
+    rewritten file is read again; None for the records that read no file (or when it is missing: reading it
+    raises, and a raised error is never cached)."""
+    if version not in DATASET_JSON_VERSIONS or data_path is None:
+        return None
+    try:
+        stat = (dataset_json_root(data_path, version) / DATASET_JSON).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved_dataset(version: str, data_path: str | None, synthetic_task: str,
+                      _stamp: tuple[int, int, int] | None) -> DatasetDef:
+    """The record of ``--dataset_version`` (``brats_data.definitions.dataset_def``), per file version (``_stamp``)."""
+    return dataset_def(version, data_path, synthetic_task)
 
 
 def option(default: Any = MISSING, help: str = "", *, group: str = "run", flag: str | None = None,
@@ -276,11 +315,18 @@ class ExperimentConfig:
         return Path(self.data_path) / "preprocessed" / name
 
     def dataset_def(self) -> DatasetDef:
-        """The data set's record: the one the run was made with (``dataset``, saved in config.json), else resolved
-        from ``--dataset_version`` (MSD/nnU-Net: their dataset.json under ``--data_path``) and kept in ``dataset``."""
-        if self.dataset is None:
-            self.dataset = dataset_def(self.dataset_version, self.data_path, self.synthetic_task).to_dict()
-        return DatasetDef.from_dict(self.dataset)
+        """The data set's record, one immutable value per configuration: the one the run was made with
+        (``dataset``, saved in config.json), else the record of ``--dataset_version`` (MSD/nnU-Net: their
+        dataset.json under ``--data_path``, read when first asked for, not when the configuration is made: the
+        data may not be there yet). Nothing is written here; ``run.loop.preflight`` records it in ``dataset``
+        when a run opens."""
+        if self.dataset is not None:
+            try:
+                return _recorded_dataset(json.dumps(self.dataset, sort_keys=True))
+            except TypeError:  # not a plain JSON value (made in code): nothing to key a cache with
+                return DatasetDef.from_dict(self.dataset)
+        return _resolved_dataset(self.dataset_version, self.data_path, self.synthetic_task,
+                                 _dataset_json_stamp(self.dataset_version, self.data_path))
 
     def output_channels(self) -> int:
         """The model's output channels: the data set's classes (with background), or its regions with
