@@ -13,6 +13,8 @@ for ``--resume``, ``evaluate_experiment.py`` and prediction.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import re
 import sys
@@ -23,7 +25,15 @@ from typing import Any
 
 import torch
 
-from brats_data.definitions import DATASET_VERSIONS, SYNTHETIC_TASKS, DatasetDef, dataset_def
+from brats_data.dataset_json import DATASET_JSON
+from brats_data.definitions import (
+    DATASET_JSON_VERSIONS,
+    DATASET_VERSIONS,
+    SYNTHETIC_TASKS,
+    DatasetDef,
+    dataset_def,
+    dataset_json_root,
+)
 from models import list_models, model_spec
 from utils.io import read_json
 
@@ -44,16 +54,66 @@ RUNTIME_FIELDS: tuple[str, ...] = ("data_path", "cache_dir", "device", "num_work
                                    "preprocess_workers", "tracker", "mlflow_uri")
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``; ``ValueError`` naming the rule otherwise."""
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
-    if match is None or not 0 <= int(match[1]) < int(match[2]):
-        raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4 ... 3/4), got {text!r}")
-    return int(match[1]), int(match[2])
+@dataclass(frozen=True)
+class Shard:
+    """``--shard I/N``: the units at positions I, I+N, I+2N ... of the experiment's order (``0 <= I < N``).
+
+    Parsed once, when the configuration is made (:meth:`parse`); ``str()`` gives back ``"I/N"``, the form of the
+    command line and of ``config.json``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4 ... 3/4), got {self}")
+
+    @classmethod
+    def parse(cls, text: str | Shard) -> Shard:
+        """``"I/N"`` (spaces allowed around the numbers) -> ``Shard(I, N)``; ``ValueError`` naming the rule
+        otherwise."""
+        if isinstance(text, Shard):
+            return text
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if match is None or not 0 <= int(match[1]) < int(match[2]):
+            raise ValueError(f"--shard takes I/N with 0 <= I < N (e.g. 0/4 ... 3/4), got {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def select(self, units: Sequence[Any]) -> list[Any]:
+        """This shard's part of ``units`` (the experiment's units in their one order)."""
+        return list(units[self.index::self.count])
 
 
-def format_shard(index: int, count: int) -> str:
-    return f"{index}/{count}"
+# ----------------------------------------------------------------------------- the data set's record
+# Records are immutable (frozen dataclasses), so a configuration's record is computed once per distinct value of the
+# fields it depends on and shared.
+@functools.lru_cache(maxsize=64)
+def _recorded_dataset(record: str) -> DatasetDef:
+    """The record saved in a configuration (``dataset``, as sorted JSON)."""
+    return DatasetDef.from_dict(json.loads(record))
+
+
+def _dataset_json_stamp(version: str, data_path: str | None) -> tuple[int, int, int] | None:
+    """MSD/nnU-Net: the inode, modification time and size of the dataset.json their record is read from, so that a
+    rewritten file is read again; None for the records that read no file (or when it is missing: reading it
+    raises, and a raised error is never cached)."""
+    if version not in DATASET_JSON_VERSIONS or data_path is None:
+        return None
+    try:
+        stat = (dataset_json_root(data_path, version) / DATASET_JSON).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved_dataset(version: str, data_path: str | None, synthetic_task: str,
+                      _stamp: tuple[int, int, int] | None) -> DatasetDef:
+    """The record of ``--dataset_version`` (``brats_data.definitions.dataset_def``), per file version (``_stamp``)."""
+    return dataset_def(version, data_path, synthetic_task)
 
 
 def option(default: Any = MISSING, help: str = "", *, group: str = "run", flag: str | None = None,
@@ -174,7 +234,7 @@ class ExperimentConfig:
     results_dir: str = option("baseline_results", "where run folders are created")
     device: str = option("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     resume: str | None = option(None, "continue an interrupted run in that folder", type=str, metavar="RUN_DIR")
-    shard: str | None = option(None, "run only the units whose position in --list_units modulo N is I (0 <= I < "
+    shard: Shard | None = option(None, "run only the units whose position in --list_units modulo N is I (0 <= I < "
                                "N); the run folder's name ends with _shard_I_of_N", type=str, metavar="I/N")
     measure_efficiency: bool = option(True, "skip FLOPs/PAM/latency measurement", flag="--no_efficiency")
     gradcam: bool = option(False, "Grad-CAM slice overlays of the first test case per model (MONAI)")
@@ -213,8 +273,8 @@ class ExperimentConfig:
                 raise ValueError("--folds chooses folds of a 5-fold run: add --use_5fold")
             if not self.folds or not all(0 <= k < N_FOLDS for k in self.folds):
                 raise ValueError(f"--folds takes fold numbers 0 to {N_FOLDS - 1}, got {self.folds}")
-        if self.shard is not None:
-            self.shard = format_shard(*parse_shard(self.shard))
+        if self.shard is not None:  # "I/N" from the command line or config.json
+            self.shard = Shard.parse(self.shard)
         if len(self.patch_size) not in (2, 3) or (self.dim == "3d" and len(self.patch_size) != 3):
             raise ValueError(f"--patch_size takes Z Y X (3 values; 2D also Y X), got {list(self.patch_size)}")
         self.seeds = [int(s) for s in self.seeds]
@@ -255,11 +315,18 @@ class ExperimentConfig:
         return Path(self.data_path) / "preprocessed" / name
 
     def dataset_def(self) -> DatasetDef:
-        """The data set's record: the one the run was made with (``dataset``, saved in config.json), else resolved
-        from ``--dataset_version`` (MSD/nnU-Net: their dataset.json under ``--data_path``) and kept in ``dataset``."""
-        if self.dataset is None:
-            self.dataset = dataset_def(self.dataset_version, self.data_path, self.synthetic_task).to_dict()
-        return DatasetDef.from_dict(self.dataset)
+        """The data set's record, one immutable value per configuration: the one the run was made with
+        (``dataset``, saved in config.json), else the record of ``--dataset_version`` (MSD/nnU-Net: their
+        dataset.json under ``--data_path``, read when first asked for, not when the configuration is made: the
+        data may not be there yet). Nothing is written here; ``run.loop.preflight`` records it in ``dataset``
+        when a run opens."""
+        if self.dataset is not None:
+            try:
+                return _recorded_dataset(json.dumps(self.dataset, sort_keys=True))
+            except TypeError:  # not a plain JSON value (made in code): nothing to key a cache with
+                return DatasetDef.from_dict(self.dataset)
+        return _resolved_dataset(self.dataset_version, self.data_path, self.synthetic_task,
+                                 _dataset_json_stamp(self.dataset_version, self.data_path))
 
     def output_channels(self) -> int:
         """The model's output channels: the data set's classes (with background), or its regions with
@@ -273,7 +340,8 @@ class ExperimentConfig:
         return "bf16" if self.amp == "auto" else self.amp
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The plain values of config.json (``shard`` as its ``"I/N"`` string)."""
+        return asdict(self) | {"shard": None if self.shard is None else str(self.shard)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ExperimentConfig:

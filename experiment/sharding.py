@@ -18,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from experiment.config import N_FOLDS, RUNTIME_FIELDS, ExperimentConfig, parse_shard
+from experiment.config import N_FOLDS, RUNTIME_FIELDS, ExperimentConfig
 from experiment.run_folder import RunFolder, UnitKey, choose_checkpoints
 
 # What may differ between run folders of one experiment: which units ran, and where and how they ran.
@@ -46,17 +46,14 @@ def shard_units(cfg: ExperimentConfig) -> list[UnitKey]:
     """The units this command runs: with ``--shard I/N`` those at positions I, I+N, I+2N ... of
     :func:`experiment_units`; every unit without it."""
     units = experiment_units(cfg)
-    if cfg.shard is None:
-        return units
-    index, count = parse_shard(cfg.shard)
-    return units[index::count]
+    return units if cfg.shard is None else cfg.shard.select(units)
 
 
 def check_shard(cfg: ExperimentConfig) -> None:
     """A shard that would hold no unit is a mistake in the job (more shards than units): ``ValueError``."""
     if cfg.shard is None:
         return
-    total, (index, _) = len(experiment_units(cfg)), parse_shard(cfg.shard)
+    total, index = len(experiment_units(cfg)), cfg.shard.index
     if index >= total:
         raise ValueError(f"--shard {cfg.shard}: the experiment has {total} unit(s), so shard {index} holds none; "
                          f"use at most {total} shards (--list_units prints them)")
@@ -66,8 +63,7 @@ def shard_suffix(cfg: ExperimentConfig) -> str:
     """The end of a shard's run-folder name: ``_shard_I_of_N`` (empty without ``--shard``)."""
     if cfg.shard is None:
         return ""
-    index, count = parse_shard(cfg.shard)
-    return f"_shard_{index}_of_{count}"
+    return f"_shard_{cfg.shard.index}_of_{cfg.shard.count}"
 
 
 def list_units_lines(cfg: ExperimentConfig) -> list[str]:

@@ -27,7 +27,7 @@ case_id and the per-case metrics) and the per-model comparison table (``model_co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,11 +39,22 @@ from utils.labels import REGIONS
 DICE_REGION_KEYS: tuple[str, ...] = tuple(f"dice_{r}" for r in REGIONS)  # the WT/TC/ET of the mean Dice
 
 
-# The metrics follow the data set: its regions are those with an HD95 column in the per-case table
-# (class Dice columns have none), in the table's order; BraTS 2018-2023: WT, TC, ET.
-def table_regions(columns: Sequence[str]) -> list[str]:
-    """The regions of a per-case (or results) table: every ``hd95_{region}`` (``test_hd95_{region}``) column."""
-    return [c.removeprefix("test_")[5:] for c in columns if c.removeprefix("test_").startswith("hd95_")]
+# The metrics follow the data set: its regions are those with an HD95 column (class Dice columns have none), in the
+# table's order; BraTS 2018-2023: WT, TC, ET. The one reader of a table's regions (the charts and report.html too).
+def table_regions(columns: Iterable[object]) -> list[str]:
+    """The regions of a run folder's table, in the table's column order: every region with an HD95 column,
+    ``hd95_{region}`` (per-case table), ``test_hd95_{region}`` (results) or ``test_hd95_{region}_mean``
+    (``model_comparison.csv``; its ``_std``, ``_ci_low`` ... columns name no region: the suite's region keys hold no
+    ``_``)."""
+    regions: list[str] = []
+    for column in columns:
+        name = str(column).removeprefix("test_")
+        if not name.startswith("hd95_"):
+            continue
+        region = name[5:].removesuffix("_mean")
+        if "_" not in region and region not in regions:
+            regions.append(region)
+    return regions
 
 
 def comparison_metrics(columns: Sequence[str]) -> tuple[str, ...]:

@@ -69,6 +69,8 @@ def preflight(cfg: ExperimentConfig) -> None:
         cfg.augmentation_params = dict(NNUNET_PARAMS)
     check_shard(cfg)  # a shard with no unit
     dataset = cfg.dataset_def()  # MSD/nnU-Net: their dataset.json must map
+    if cfg.dataset is None:  # recorded in config.json and the checkpoints: the record the run is made with
+        cfg.dataset = dataset.to_dict()
     for name in cfg.model_names:
         # the registry checks the name, the dim and the patch size
         get_model(name, cfg.dim, cfg.spatial_patch, dataset.num_classes)

@@ -226,3 +226,35 @@ def test_the_repository_cites_only_documents_it_contains():
                 if not local.is_file() and not any(d == ref or d.endswith("/" + ref) for d in documents):
                     missing.append(f"{path.relative_to(ROOT)}:{line_no}: {ref}")
     assert not missing, "documents cited but not in the repository:\n" + "\n".join(missing)
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def long_functions(sources: dict[str, ast.Module], limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:line name (N lines)`` of every function or method longer than ``limit`` lines, counted from its
+    ``def`` to its last line (decorators excluded, nested functions counted in their parent and on their own)."""
+    found = []
+    for path, tree in sorted(sources.items()):
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_the_long_function_finder_counts_from_def_to_the_last_line():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES - 1))
+    fits = ast.parse(f"@decorator\ndef fits():\n{body}\n")  # def + 59 lines: 60
+    too_long = ast.parse(f"class A:\n    async def method(self):\n    {body.replace(chr(10), chr(10) + '    ')}\n"
+                         "        return 1\n")  # def + 59 + return: 61
+    assert long_functions({"a.py": fits}) == []
+    assert long_functions({"b.py": too_long}) == ["b.py:2 method (61 lines)"]
+
+
+def test_no_function_is_longer_than_60_lines():
+    """Every project function outside tests/, benchmarks/ and examples/ fits in 60 lines: longer ones are split
+    into named steps."""
+    offenders = long_functions(_sources())
+    assert not offenders, f"functions longer than {MAX_FUNCTION_LINES} lines:\n" + "\n".join(offenders)

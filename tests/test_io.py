@@ -18,7 +18,7 @@ from inference.export import write_probabilities, write_segmentation
 from utils.checkpoint import save_checkpoint
 from utils.errors import first_line
 from utils.io import atomic_write_bytes, current_umask, write_csv, write_json
-from visualization.visualization_dataframe import drawing
+from visualization.figures import drawing
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import data_loader as dl
 import evaluate_experiment
 import integrated_experiment
 import predict
-from experiment.config import ExperimentConfig
+from experiment.config import ExperimentConfig, Shard, load_run_config
 from experiment.sharding import experiment_units, shard_units
 from metrics import REGION_METRIC_KEYS
 from visualization.__main__ import main as merge_main
@@ -52,6 +52,19 @@ def test_shards_partition_the_units_by_position_modulo_n(capsys):
     assert sorted(seen) == sorted(everything) and len(seen) == len(set(seen)) == 12
     cfg = ExperimentConfig(dim="3d", models=MODELS, seeds=[24], use_5fold=True, shard="1/2")
     assert shard_units(cfg) == experiment_units(cfg)[1::2]
+
+
+def test_a_shard_is_parsed_once_and_saved_as_its_i_of_n_string(tmp_path):
+    cfg = ExperimentConfig(dim="3d", models=MODELS, shard=" 2 / 5 ")
+    assert cfg.shard == Shard(2, 5) and str(cfg.shard) == "2/5"
+    assert cfg.to_dict()["shard"] == "2/5" and ExperimentConfig.from_dict(cfg.to_dict()).shard == Shard(2, 5)
+    (tmp_path / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))  # as a run folder holds it
+    assert load_run_config(tmp_path).shard == Shard(2, 5)
+    for bad in ("5/5", "-1/5", "1", "a/b"):
+        with pytest.raises(ValueError, match="--shard takes I/N"):
+            ExperimentConfig(shard=bad)
+    with pytest.raises(ValueError, match="--shard takes I/N"):
+        Shard(3, 2)
 
 
 def test_bad_shard_and_fold_flags_are_refused(capsys):

@@ -224,3 +224,20 @@ def test_synthetic_tasks_are_the_records_of_their_task():
                                                                                     else "brats2021").scheme
     assert synthetic_def("brats2021") is DATASETS["synthetic"]
     assert ExperimentConfig(dataset_version="synthetic", synthetic_task="brats_ped").dataset_def().num_classes == 5
+
+
+def test_a_configs_data_set_record_is_one_value_and_writes_nothing_to_it(tmp_path):
+    """``dataset_def()`` is a pure function of the configuration: it leaves ``dataset`` alone, gives the same
+    record on every call, and an MSD dataset.json written after the configuration was made is read then."""
+    from tests.test_layouts import write_msd
+
+    cfg = ExperimentConfig(dataset_version="msd", data_path=str(tmp_path / "data"))  # no data yet
+    with pytest.raises(ValueError, match="dataset.json"):
+        cfg.dataset_def()
+    write_msd(tmp_path / "data", 2)
+    record = cfg.dataset_def()
+    assert cfg.dataset is None and cfg.dataset_def() is record and record.write_back == (0, 2, 1, 3)
+    recorded = ExperimentConfig.from_dict({**cfg.to_dict(), "dataset": record.to_dict()})
+    assert recorded.dataset_def() == record  # the record a run folder's config.json holds
+    synthetic = ExperimentConfig(dataset_version="synthetic", data_path=str(tmp_path / "none"))
+    assert synthetic.dataset_def() is synthetic_def() and synthetic.dataset is None

@@ -16,7 +16,7 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.patches import PathPatch
 
-import visualization.visualization_dataframe as visualization_dataframe
+import visualization.figures as figures_module
 from visualization import (
     MergeError,
     compute_gradcam,
@@ -138,13 +138,13 @@ def assert_png(path: Path, min_kb: float = 10.0) -> None:
 def drawn(monkeypatch) -> dict[str, Figure]:
     """The figures the chart functions save, by output file name (each is still written as usual)."""
     figures: dict[str, Figure] = {}
-    original = visualization_dataframe.save_figure
+    original = figures_module.save_figure
 
     def recording(fig: Figure, path, *args, **kwargs) -> Path:
         figures[Path(path).name] = fig
         return original(fig, path, *args, **kwargs)
 
-    monkeypatch.setattr(visualization_dataframe, "save_figure", recording)
+    monkeypatch.setattr(figures_module, "save_figure", recording)
     return figures
 
 
@@ -382,7 +382,7 @@ def test_make_all_plots_empty_folder(tmp_path):
 
 def test_make_all_plots_malformed_table_warns_or_raises(tmp_path, caplog):
     per_case_table().drop(columns="dice_et").to_csv(tmp_path / "per_case_results.csv", index=False)
-    with caplog.at_level("WARNING", logger="visualization.visualization_dataframe"):
+    with caplog.at_level("WARNING", logger="visualization.charts"):
         assert make_all_plots(tmp_path) == []
     assert "per_case_dice.png" in caplog.text and "dice_et" in caplog.text
     with pytest.raises(ValueError, match="lacks column"):

@@ -373,9 +373,16 @@ class UnitTrainer:
                      val["val_dice_et"], seconds, self.steps_per_epoch)
         return row
 
+    def _config_record(self) -> dict[str, Any]:
+        """The configuration saved in the checkpoints, with the data set's record (``dataset``) the unit trains on."""
+        record = self.cfg.to_dict()
+        if record["dataset"] is None:
+            record["dataset"] = self.dataset.to_dict()
+        return record
+
     def _save_best(self, epoch: int) -> None:
         save_checkpoint(self.run.best_checkpoint(self.key), {
-            "model_name": self.model_name, "state_dict": self.best.best_state, "config": self.cfg.to_dict(),
+            "model_name": self.model_name, "state_dict": self.best.best_state, "config": self._config_record(),
             "epoch": epoch, "best_val_dice": self.best.best_val_dice, "seed": self.key.seed, "fold": self.key.fold,
             "dim": self.cfg.dim, "patch_size": list(self.cfg.spatial_patch), "modalities": list(self.modalities),
             "num_classes": self.cfg.output_channels(), "dataset": self.dataset.to_dict(),
@@ -387,7 +394,8 @@ class UnitTrainer:
             "model_name": self.model_name, "state_dict": state_dict_cpu(self.model),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "curves": self.best.curves,
-            "best_epoch": self.best.best_epoch, "best_val_dice": self.best.best_val_dice, "config": self.cfg.to_dict(),
+            "best_epoch": self.best.best_epoch, "best_val_dice": self.best.best_val_dice,
+            "config": self._config_record(),
         })
 
     def finish(self) -> TrainResult:

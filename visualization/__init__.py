@@ -5,21 +5,20 @@ folder (``experiment.run_folder``), never the other way round.
 """
 
 from visualization.callbacks import ChartCallbacks
-from visualization.gradcam import compute_gradcam, find_target_layer, plot_gradcam, write_unit_gradcam
-from visualization.merge import MergeError, merge_runs
-from visualization.visualization_3d import plot_segmentation_slices, tumour_slices
-from visualization.visualization_dataframe import (
+from visualization.charts import (
     make_all_plots,
-    modality_weight_summary,
     plot_learning_curves,
     plot_modality_contributions,
     plot_model_comparison,
     plot_parameter_efficiency,
     plot_per_case_dice,
     plot_stage_wise_pam,
-    summarize_runs,
     write_interactive_3d_analysis,
 )
+from visualization.columns import modality_weight_summary, summarize_runs
+from visualization.gradcam import compute_gradcam, find_target_layer, plot_gradcam, write_unit_gradcam
+from visualization.merge import MergeError, merge_runs
+from visualization.slices import plot_segmentation_slices, tumour_slices
 
 __all__ = [
     "ChartCallbacks",

@@ -19,10 +19,10 @@ from brats_data import modality_indices
 from experiment.run_folder import UnitKey
 from run.callbacks import RunCallbacks, RunState
 from utils.errors import first_line
+from visualization.charts import make_all_plots
 from visualization.gradcam import write_unit_gradcam
 from visualization.report import write_report
-from visualization.visualization_3d import plot_segmentation_slices
-from visualization.visualization_dataframe import make_all_plots
+from visualization.slices import plot_segmentation_slices
 
 log = logging.getLogger(__name__)
 

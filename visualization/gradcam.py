@@ -31,8 +31,8 @@ import torch.nn as nn
 
 from models import model_spec
 from utils.labels import CLASSIC, LabelScheme
-from visualization.visualization_3d import display_channel, tumour_slices
-from visualization.visualization_dataframe import PathLike, drawing
+from visualization.figures import PathLike, drawing
+from visualization.slices import display_channel, tumour_slices
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 CAM_ALPHA = 0.45
@@ -129,6 +129,54 @@ def _normalise(cam: np.ndarray) -> np.ndarray:
     return cam / top if top > 0 else np.zeros_like(cam)
 
 
+def _tumour_crop(image: np.ndarray, label: np.ndarray, dim: str, patch: tuple[int, ...]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The image and label on the window of the patch size centred on the tumour (2D: every slice, the window in
+    Y and X), zero-padded where the volume is smaller."""
+    if image.ndim != 4 or label.shape != image.shape[1:]:
+        raise ValueError(f"image must be (C, Z, Y, X) and label (Z, Y, X) of the same size, got {image.shape} "
+                         f"and {label.shape}")
+    box = _crop_box(label, patch if dim == "3d" else patch[-2:])
+    if dim == "2d":
+        box = [(0, label.shape[0]), *box]
+    return _take(image, box), _take(label, box)
+
+
+def _target_region(crop_label: np.ndarray, region: str | None, scheme: LabelScheme) -> str:
+    """``region`` checked against the scheme; by default ET when the crop's ground truth holds ET, else WT."""
+    regions = scheme.region_classes
+    if region is None:
+        region = "et" if np.isin(crop_label, regions["et"]).any() else "wt"
+    if region not in regions:
+        raise ValueError(f"region must be one of {', '.join(regions)}, got {region!r}")
+    return region
+
+
+def _cam_and_prediction(net: nn.Module, x: torch.Tensor, layer: str, region: str, scheme: LabelScheme
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """MONAI's Grad-CAM of the region score at ``net.{layer}`` (B, *spatial) and the network's classes for ``x``.
+
+    Under deterministic algorithms, only warn for the backward kernels that have no deterministic version
+    (trilinear upsampling on CUDA); the caller's setting is restored."""
+    from monai.visualize import GradCAM  # MONAI's implementation
+
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        with torch.enable_grad():
+            cam_maker = GradCAM(nn_module=_RegionScore(net, region, scheme), target_layers=f"net.{layer}",
+                                postprocessing=lambda m: m)
+            cam = cam_maker(x.requires_grad_(True), class_idx=0)[:, 0].detach().float().cpu().numpy()
+        with torch.no_grad():
+            pred = net(x.detach()).argmax(1).cpu().numpy().astype(np.uint8)
+    finally:
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    return cam, pred
+
+
 def compute_gradcam(model: nn.Module, image: np.ndarray, label: np.ndarray, *, dim: str, patch: Sequence[int],
                     device: torch.device | str = "cpu", slices: Sequence[int] | None = None,
                     region: str | None = None, scheme: LabelScheme = CLASSIC) -> dict[str, Any]:
@@ -146,42 +194,15 @@ def compute_gradcam(model: nn.Module, image: np.ndarray, label: np.ndarray, *, d
         slices are filled), ``pred`` (the model's classes), ``slices``, ``region``, ``layer``.
     """
     image, label = np.asarray(image, dtype=np.float32), np.asarray(label)
-    if image.ndim != 4 or label.shape != image.shape[1:]:
-        raise ValueError(f"image must be (C, Z, Y, X) and label (Z, Y, X) of the same size, got {image.shape} "
-                         f"and {label.shape}")
-    patch = tuple(int(p) for p in patch)
-    box = _crop_box(label, patch if dim == "3d" else patch[-2:])
-    if dim == "2d":
-        box = [(0, label.shape[0]), *box]
-    crop_image, crop_label = _take(image, box), _take(label, box)
+    crop_image, crop_label = _tumour_crop(image, label, dim, tuple(int(p) for p in patch))
     rows = list(slices) if slices is not None else tumour_slices(crop_label)
-    regions = scheme.region_classes
-    if region is None:
-        region = "et" if np.isin(crop_label, regions["et"]).any() else "wt"
-    if region not in regions:
-        raise ValueError(f"region must be one of {', '.join(regions)}, got {region!r}")
-
-    from monai.visualize import GradCAM  # MONAI's implementation
-
+    region = _target_region(crop_label, region, scheme)
     device = torch.device(device)
     net = copy.deepcopy(model).to(device).float().eval()
     x = torch.from_numpy(crop_image).to(device)
     x = x[None] if dim == "3d" else x.permute(1, 0, 2, 3)[rows]  # 2D: (slices, C, Y, X)
     layer = find_target_layer(net, x)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        if deterministic:  # some backward kernels (trilinear upsampling on CUDA) have no deterministic version
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        with torch.enable_grad():
-            cam_maker = GradCAM(nn_module=_RegionScore(net, region, scheme), target_layers=f"net.{layer}",
-                                postprocessing=lambda m: m)
-            cam = cam_maker(x.requires_grad_(True), class_idx=0)[:, 0].detach().float().cpu().numpy()
-        with torch.no_grad():
-            pred = net(x.detach()).argmax(1).cpu().numpy().astype(np.uint8)
-    finally:
-        if deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=warn_only)
+    cam, pred = _cam_and_prediction(net, x, layer, region, scheme)
     if dim == "3d":
         cam_volume, pred_volume = _normalise(cam[0]), pred[0]
     else:
@@ -189,7 +210,7 @@ def compute_gradcam(model: nn.Module, image: np.ndarray, label: np.ndarray, *, d
         pred_volume = np.zeros(crop_label.shape, np.uint8)
         cam_volume[rows], pred_volume[rows] = _normalise(cam), pred
     return {"image": crop_image, "label": crop_label, "cam": cam_volume, "pred": pred_volume, "slices": rows,
-            "region": region, "layer": layer, "classes": regions[region]}
+            "region": region, "layer": layer, "classes": scheme.region_classes[region]}
 
 
 def plot_gradcam(result: dict[str, Any], path: PathLike, channel: int = 0, channel_name: str = "image",

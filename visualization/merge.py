@@ -42,8 +42,8 @@ from experiment.run_folder import (
 )
 from experiment.sharding import experiment_units
 from utils.io import read_csv, read_json, write_csv, write_json
+from visualization.charts import make_all_plots
 from visualization.report import MERGED_JSON, SOURCE_COLUMN, write_report
-from visualization.visualization_dataframe import make_all_plots
 
 UNIT_TABLES = (RESULTS_CSV, PER_CASE_CSV, EPOCHS_CSV, MODALITY_CSV)
 RECORD_TABLES = (FAILED_CSV, SKIPPED_CSV)  # each run's failed units and skipped cases, concatenated

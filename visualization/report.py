@@ -55,7 +55,8 @@ from experiment.run_folder import (
 )
 from metrics.statistics import PARETO_COSTS
 from utils.io import atomic_write_text, read_csv, read_json
-from visualization.visualization_dataframe import model_palette, table_regions
+from visualization.columns import chart_regions
+from visualization.figures import model_palette
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "report.html.j2"
@@ -312,7 +313,7 @@ def _mean_std(row: Mapping[str, Any], column: str, fmt: str, scale: float = 1.0)
 
 def _results_table(folder: Folder) -> Table:
     has_ci = "test_dice_mean_ci_low" in folder.comparison.columns
-    regions = table_regions(folder.comparison)  # the data set's regions (WT, TC, ET first)
+    regions = chart_regions(folder.comparison)  # the data set's regions (the table's order; WT, TC, ET)
     names = " / ".join(r.upper() for r in regions)
     table = Table("results", "Test results per model", [
         "model", "runs", "mean Dice (WT/TC/ET)", *[f"Dice {r.upper()}" for r in regions],
@@ -468,7 +469,7 @@ def pareto_figure(comparison: pd.DataFrame) -> go.Figure | None:
 
 def per_case_figure(per_case: pd.DataFrame, models: Sequence[str]) -> go.Figure | None:
     """Per-case test Dice (and NSD where present) per model and region: boxes with every case as a point."""
-    regions = table_regions(per_case)  # the data set's regions (WT, TC, ET first)
+    regions = chart_regions(per_case)  # the data set's regions (the table's order; WT, TC, ET)
     panels = [(f"dice_{r}", "Dice") for r in regions]
     if per_case.empty or not all(c in per_case.columns for c, _ in panels):
         return None
