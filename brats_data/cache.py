@@ -23,6 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .cases import (
+    CACHE_FILES,
+    CACHE_LOCK,
     CLIP_PERCENTILES,
     BadCaseError,
     CaseRecord,
@@ -42,7 +44,7 @@ PREPROCESSING = {
     "crop": "bbox(any modality != 0 or label > 0)",
     "max_foreground_points": MAX_FOREGROUND_POINTS,
 }
-FILES = ("image.npy", "label.npy", "fg.npy", "meta.json")
+FILES = CACHE_FILES  # case discovery (cases.is_data_folder) recognises a cache by them and its lock
 
 
 def case_key(case: CaseRecord) -> str:
@@ -223,7 +225,7 @@ class PreprocessedCache:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         errors: dict[str, BadCaseError] = {}
-        with file_lock(self.cache_dir / ".lock"):
+        with file_lock(self.cache_dir / CACHE_LOCK):
             stale = [cid for cid in self.cases if not self.is_fresh(cid)]
             for cid in stale:
                 try:

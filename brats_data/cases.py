@@ -39,6 +39,11 @@ LAYOUTS = FOLDER_LAYOUTS  # the folder naming conventions (brats2018, brats2021,
 # The record a case found by its file names alone belongs to (predict.py on a folder of new scans)
 _NAMING_DEFAULT = {"brats2018": "brats2018", "brats2021": "brats2021", "brats2023": "brats2023"}
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+# The preprocessing cache (brats_data/cache.py) as discovery must recognise it wherever it lies, even among the
+# case folders: the default cache is {data_path}/preprocessed/{dataset_version} (ExperimentConfig.cache_dir)
+CACHE_FOLDER = "preprocessed"
+CACHE_LOCK = ".lock"  # in every cache folder (held while it is built)
+CACHE_FILES: tuple[str, ...] = ("image.npy", "label.npy", "fg.npy", "meta.json")  # in each cached case's folder
 
 
 class BadCaseError(ValueError):
@@ -90,10 +95,48 @@ def _definition(dataset: DatasetDef | str, data_path: str | Path) -> DatasetDef:
     return dataset if isinstance(dataset, DatasetDef) else dataset_def(dataset, data_path)
 
 
+def _is_cache(folder: Path) -> bool:
+    """``folder`` is a preprocessing cache: its lock file, or a sub-folder holding a cached case's files."""
+    return (folder / CACHE_LOCK).is_file() or any(
+        child.is_dir() and all((child / name).is_file() for name in CACHE_FILES) for child in folder.iterdir())
+
+
+def is_data_folder(folder: Path) -> bool:
+    """The one rule of which sub-folders case discovery looks into (case folders, or group folders of them), for
+    every data set and every caller (training, ``--preprocess_only``, evaluation and export, ``predict.py``).
+    Never looked into:
+
+    - a hidden folder (``.name``; also the cache's own ``.tmp-*`` / ``.old-*`` folders);
+    - a folder named :data:`CACHE_FOLDER` (``preprocessed``): the default cache,
+      ``{data_path}/preprocessed/{dataset_version}``, lies among the case folders when ``--data_path`` is the
+      folder of the case folders;
+    - a folder holding no NIfTI file that is a preprocessing cache (its :data:`CACHE_LOCK`, or a sub-folder with
+      a cached case's :data:`CACHE_FILES`) or whose sub-folders are all caches: a ``--cache_dir`` of any name
+      among the case folders, or a folder of caches (a group folder holding a cache beside case folders is
+      looked into).
+
+    Every other folder is: one whose files are missing, or whose name does not fit the data set's ids, is still
+    a case, which :func:`validate_case` reports (a bad case is never skipped silently)."""
+    name = folder.name
+    if name.startswith(".") or name == CACHE_FOLDER or not folder.is_dir():
+        return False
+    if _has_nifti(folder):
+        return True
+    if _is_cache(folder):
+        return False
+    subfolders = [child for child in folder.iterdir() if child.is_dir() and not child.name.startswith(".")]
+    return not (subfolders and all(_is_cache(child) for child in subfolders))
+
+
+def data_subfolders(folder: Path) -> list[Path]:
+    """The sub-folders of ``folder`` that :func:`is_data_folder` lets discovery look into, sorted by name."""
+    return sorted(child for child in folder.iterdir() if is_data_folder(child))
+
+
 def _holds_cases(folder: Path, definition: DatasetDef) -> bool:
     """``folder`` itself holds case folders of ``definition`` (ids fitting its pattern)."""
     return definition.case_pattern is not None and folder.is_dir() and any(
-        child.is_dir() and definition.fits(child.name) for child in folder.iterdir())
+        definition.fits(child.name) and is_data_folder(child) for child in folder.iterdir())
 
 
 def dataset_root(data_path: str | Path, dataset: DatasetDef | str) -> Path:
@@ -135,10 +178,11 @@ def discover_cases(data_path: str | Path, dataset: DatasetDef | str, max_samples
                    ) -> list[CaseRecord]:
     """Every case folder of a data set (a record, or a ``--dataset_version`` name), sorted by case id.
 
-    A case folder is any non-hidden sub-directory of the dataset root (of ``HGG``/``LGG`` for BraTS
-    2018); its files are matched by their exact expected names, so missing files (and ids that do not fit
-    the data set's pattern) are reported by :func:`validate_case`, not skipped here.  ``max_samples`` keeps
-    the first N cases in sorted order.
+    A case folder is any sub-directory of the dataset root (of ``HGG``/``LGG`` for BraTS 2018) that
+    :func:`is_data_folder` admits (never a hidden folder nor the preprocessing cache); its files are matched
+    by their exact expected names, so missing files (and ids that do not fit the data set's pattern) are
+    reported by :func:`validate_case`, not skipped here.  ``max_samples`` keeps the first N cases in sorted
+    order.
 
     Raises:
         ValueError: unknown data set or ``max_samples < 1``.
@@ -159,13 +203,7 @@ def discover_cases(data_path: str | Path, dataset: DatasetDef | str, max_samples
     definition = _definition(dataset, data_path)
     root = dataset_root(data_path, definition)
     layout = definition.layout
-    folders = [
-        child
-        for group in layout.groups
-        if (root / group).is_dir()
-        for child in (root / group).iterdir()
-        if child.is_dir() and not child.name.startswith(".")
-    ]
+    folders = [child for group in layout.groups if (root / group).is_dir() for child in data_subfolders(root / group)]
     if not folders:
         example = Path(*(g for g in (layout.groups[0], "<case>") if g)) / layout.file_name(
             "<case>", layout.suffix("t1"))
@@ -454,14 +492,14 @@ def _cases_in(folder: Path, prefer: DatasetDef | None, depth: int) -> list[CaseR
                            "needed ({case}_{t1,t1ce,t2,flair}.nii.gz, or {case}-{t1n,t1c,t2w,t2f}.nii.gz)")
     if depth == 0:
         return []
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return [c for sub in subfolders for c in _cases_in(sub, prefer, depth - 1)]
+    return [c for sub in data_subfolders(folder) for c in _cases_in(sub, prefer, depth - 1)]
 
 
 def find_input_cases(input_dir: str | Path, prefer: DatasetDef | None = None) -> list[CaseRecord]:
     """The cases of ``input_dir`` (new scans to predict): a case folder, or a folder of case folders (or of
     group folders of case folders, e.g. BraTS 2018's HGG/LGG), in any supported naming (``prefer``'s, the
-    run's data set, tried first), sorted by id. An MSD or nnU-Net dataset folder (holding dataset.json) gives the
+    run's data set, tried first), sorted by id; sub-folders as :func:`is_data_folder` says (never the
+    preprocessing cache). An MSD or nnU-Net dataset folder (holding dataset.json) gives the
     cases of its ``imagesTs`` (else ``imagesTr``), its ``images*`` folder those of that folder; their labels are
     written back in the dataset.json's numbering."""
     root = Path(input_dir)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from brats_data.cases import CACHE_FOLDER
 from brats_data.dataset_json import DATASET_JSON
 from brats_data.definitions import (
     DATASET_JSON_VERSIONS,
@@ -312,7 +313,7 @@ class ExperimentConfig:
         name = self.dataset_version
         if name == "synthetic" and self.synthetic_task != "brats2021":
             name = f"synthetic_{self.synthetic_task}"
-        return Path(self.data_path) / "preprocessed" / name
+        return Path(self.data_path) / CACHE_FOLDER / name  # never a case: brats_data.cases.is_data_folder
 
     def dataset_def(self) -> DatasetDef:
         """The data set's record, one immutable value per configuration: the one the run was made with
