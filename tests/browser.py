@@ -66,9 +66,9 @@ class PageCheck:
         return [u for u in self.requests if not u.startswith(LOCAL_SCHEMES)]
 
 
-# Each plot container: plotly's state after drawing, the colours its traces were drawn with and the box of the
-# element (for the pixel check), and the data it plots.
-PLOTS_JS = """() => [...document.querySelectorAll('div.plotly-graph-div')].map(div => {
+# Each plot container: plotly's state after drawing, the colours its traces were drawn with (for the pixel
+# checks), the SVG shapes drawn for each trace, and the data it plots.
+PLOTS_JS = """() => { TRACE_MARKS_FN; return [...document.querySelectorAll('div.plotly-graph-div')].map(div => {
   const full = div._fullData || [];
   // the colours a trace is drawn with: its markers, their outline where it has a width, its line
   const colors = full.map(t => [t.marker && t.marker.color,
@@ -82,8 +82,42 @@ PLOTS_JS = """() => [...document.querySelectorAll('div.plotly-graph-div')].map(d
                                  x: Array.from(t.x || []), y: Array.from(t.y || []), z: Array.from(t.z || [])})),
     svg_marks: div.querySelectorAll('.scatterlayer .trace path, .boxlayer .trace path').length,
     gl_canvases: div.querySelectorAll('.gl-container canvas, canvas.gl-canvas').length,
+    trace_marks: traceMarks(div, full.length),
   };
-})"""
+})}"""
+
+# Per full trace (by index): the SVG shapes plotly drew for it in the plot area (not the legend): the paths of
+# its trace group (points, lines, boxes) with a non-empty path and a box that intersects its subplot. WebGL traces
+# have none (see the isolated screenshots below).
+TRACE_MARKS_JS = """function traceMarks(div, n) {
+  const marks = new Array(n).fill(0);
+  for (const g of div.querySelectorAll('.cartesianlayer g.trace')) {
+    const cd = g.__data__;
+    const trace = cd && cd[0] && cd[0].trace;
+    if (!trace || !(trace.index >= 0 && trace.index < n)) continue;
+    const sub = g.closest('g.subplot');
+    const bg = sub && sub.querySelector('.bglayer rect, .plotbg rect');
+    const area = (bg || sub || div).getBoundingClientRect();
+    for (const path of g.querySelectorAll('path')) {
+      const d = path.getAttribute('d') || '';
+      if (!d || d === 'M0,0Z' || /NaN/.test(d)) continue;
+      const r = path.getBoundingClientRect();
+      if (r.width + r.height <= 0) continue;
+      if (r.right < area.left || r.left > area.right || r.bottom < area.top || r.top > area.bottom) continue;
+      if (parseFloat(getComputedStyle(path).opacity) === 0) continue;
+      marks[trace.index] += 1;
+    }
+  }
+  return marks;
+}"""
+
+# Show trace i alone (i = -1: none), without the legend, so that a screenshot holds what that trace drew and no
+# legend swatch or other trace of the same colour.
+ISOLATE_JS = """async ([id, i]) => {
+  const div = document.getElementById(id);
+  await Plotly.update(div, {visible: div.data.map((_, j) => j === i)}, {showlegend: false});
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+}"""
 
 # Every table row that says which CSV it shows (data-src on its table, data-key on the row), with its values.
 TABLES_JS = """() => [...document.querySelectorAll('table[data-src]')].map(table => ({
@@ -141,7 +175,11 @@ def chromium() -> Iterator[Any]:
 
 
 def check_page(context: Any, path: str | Path) -> PageCheck:
-    """Open ``path`` (a local HTML file), wait until every plot is drawn, and collect what the page did."""
+    """Open ``path`` (a local HTML file), wait until every plot is drawn, and collect what the page did.
+
+    Per trace: ``marks``, its SVG shapes in the plot area, and ``own_pixels``, how many more pixels of its colours
+    the plot shows with that trace alone (no legend) than with no trace at all: what the trace itself drew, not a
+    legend swatch or another trace of the same colour. (The page's plots are left showing their last trace.)"""
     url = Path(path).resolve().as_uri()
     result = PageCheck(url)
     page = context.new_page()
@@ -154,12 +192,21 @@ def check_page(context: Any, path: str | Path) -> PageCheck:
                                "d => d.classList.contains('js-plotly-plot') && d._fullLayout)",
                                timeout=PLOT_TIMEOUT_MS)
         page.wait_for_timeout(500)  # WebGL scenes draw on the next animation frames
-        plots = page.evaluate(PLOTS_JS)
-        for plot in plots:
-            picture = page.locator(f'[id="{plot["id"]}"]').screenshot()
-            plot["pixels"] = _colour_counts(picture, sorted({c for t in plot["traces"] for c in t["colors"]}))
-        result.plots = plots
+        plots = page.evaluate(PLOTS_JS.replace("TRACE_MARKS_FN", TRACE_MARKS_JS))
         result.tables = page.evaluate(TABLES_JS)
+        for plot in plots:
+            element = page.locator(f'[id="{plot["id"]}"]')
+            colors = sorted({c for t in plot["traces"] for c in t["colors"]})
+            plot["pixels"] = _colour_counts(element.screenshot(), colors)
+            # each trace alone on the screen, against the plot with no trace (axes, titles): its own pixels
+            page.evaluate(ISOLATE_JS, [plot["id"], -1])
+            empty = _colour_counts(element.screenshot(), colors)
+            for i, trace in enumerate(plot["traces"]):
+                page.evaluate(ISOLATE_JS, [plot["id"], i])
+                alone = _colour_counts(element.screenshot(), trace["colors"])
+                trace["own_pixels"] = max((alone[c] - empty.get(c, 0) for c in alone), default=0)
+                trace["marks"] = plot["trace_marks"][i]
+        result.plots = plots
     finally:
         page.close()
     return result

@@ -328,6 +328,62 @@ def test_gamma_retains_mean_and_std(invert):
     assert torch.allclose(inverted, expected, atol=1e-5)
 
 
+def _intensity_reference(image: torch.Tensor, d) -> torch.Tensor:
+    """The intensity part of draws ``d`` applied one sample and one channel at a time, with the draws of that sample
+    and channel, in nnU-Net's order (noise aside: no noise drawn)."""
+    assert np.isnan(d.noise_std).all()
+    ref = image.clone()
+    for b in range(image.shape[0]):
+        for c in range(image.shape[1]):
+            x = ref[b, c]
+            if not np.isnan(d.blur_sigma[b, c, 0]):
+                gaussian_blur_(x, d.blur_sigma[b, c])
+            if not np.isnan(d.brightness[b, c]):
+                x.mul_(float(d.brightness[b, c]))
+            if not np.isnan(d.contrast[b, c]):
+                contrast_(x, float(d.contrast[b, c]))
+            if not np.isnan(d.lowres_zoom[b, c]):
+                low_resolution_(x, float(d.lowres_zoom[b, c]))
+            if not np.isnan(d.gamma_inverted[b, c]):
+                gamma_(x, float(d.gamma_inverted[b, c]), invert=True)
+            if not np.isnan(d.gamma[b, c]):
+                gamma_(x, float(d.gamma[b, c]), invert=False)
+    return ref
+
+
+def test_intensity_transforms_apply_each_samples_and_channels_own_draws():
+    """Random draws (not forced constants): every sample and channel gets its own transforms with its own values,
+    inverted gamma on the negated channel and gamma on the channel itself."""
+    gen = torch.Generator().manual_seed(5)
+    image = torch.exp(torch.randn((6, 2, *PATCH), generator=gen))  # skewed: gamma and inverted gamma differ
+    label = torch.zeros((6, *PATCH), dtype=torch.int64)
+    half = {key: 0.5 for key in ("p_blur", "p_brightness", "p_contrast", "p_lowres", "p_gamma_inverted", "p_gamma")}
+    aug = BatchAugmentation(PATCH, params(**half))
+    seen = {key: set() for key in ("blur_sigma", "brightness", "contrast", "lowres_zoom", "gamma_inverted", "gamma")}
+    for step in range(3):
+        d = aug.draw(6, 2, epoch=0, step=step)
+        out, lab = aug(image, label, epoch=0, step=step)
+        assert torch.allclose(out, _intensity_reference(image, d), rtol=1e-4, atol=1e-4), step
+        assert torch.equal(lab, label)
+        for key in seen:
+            values = getattr(d, key)[..., 0] if key == "blur_sigma" else getattr(d, key)
+            seen[key] |= {round(float(v), 6) for v in values.flatten()}
+    # the draws did differ between samples/channels (applied or not, and the values): the test can tell them apart
+    for key, values in seen.items():
+        assert any(math.isnan(v) for v in values) and len([v for v in values if not math.isnan(v)]) >= 3, key
+    # known answers: inverted gamma alone is gamma of the negated channel, gamma alone that of the channel
+    for key, invert in (("p_gamma_inverted", True), ("p_gamma", False)):
+        out, _ = BatchAugmentation(PATCH, params(**{key: 1.0}, gamma=[1.5, 1.5]))(image, label, epoch=0, step=0)
+        ref = image.clone()
+        other = image.clone()
+        for b in range(6):
+            for c in range(2):
+                gamma_(ref[b, c], 1.5, invert)
+                gamma_(other[b, c], 1.5, not invert)
+        assert torch.allclose(out, ref, rtol=1e-4, atol=1e-4), key
+        assert (out - other).abs().max() > 0.1, key
+
+
 def test_gaussian_noise_adds_the_expected_variance():
     image = torch.zeros((4, 2, 24, 24, 24))
     aug = BatchAugmentation((24, 24, 24), params(p_noise=1.0, noise_std=[0.1, 0.1]))
@@ -335,6 +391,19 @@ def test_gaussian_noise_adds_the_expected_variance():
     var = out.var((2, 3, 4))
     assert torch.all((var - 0.01).abs() < 0.001), var  # 13824 voxels: the estimate is within ~1.2% (1 sd)
     assert out.mean().abs() < 0.002
+    # one independent field per sample and per channel (nnU-Net draws torch.normal over each sample's (C, ...)):
+    # the correlation of two independent fields of 13824 voxels is ~N(0, 0.0085); one shared field gives 1
+    fields = out.flatten(2)
+    corr = torch.corrcoef(fields.flatten(0, 1))
+    off_diagonal = corr[~torch.eye(8, dtype=torch.bool)]
+    assert off_diagonal.abs().max() < 0.05, corr
+    # the per-sample standard deviation is each sample's own draw: fixed stds 0.1 ... 0.1 vs a draw in [0, 0.1]
+    aug = BatchAugmentation((24, 24, 24), params(p_noise=0.5, noise_std=[0.0, 0.1]))
+    for step in range(2):
+        d = aug.draw(4, 2, epoch=0, step=step)
+        out, _ = aug(image, torch.zeros((4, 24, 24, 24), dtype=torch.int64), epoch=0, step=step)
+        expected = np.nan_to_num(d.noise_std, nan=0.0)
+        assert np.allclose(out.std((1, 2, 3, 4)).numpy(), expected, rtol=0.03, atol=1e-7), (expected, step)
 
 
 def test_gaussian_blur_lowers_white_noise_variance_by_the_kernels_factor():
@@ -426,3 +495,48 @@ def test_cuda_matches_cpu_without_noise():
     noisy = BatchAugmentation(PATCH, make_params({"p_noise": 1.0}))
     a = noisy(image.cuda(), label.cuda(), epoch=0, step=0)[0]
     assert torch.equal(a, noisy(image.cuda(), label.cuda(), epoch=0, step=0)[0])
+
+
+# ------------------------------------------------------------------------------------------------ in the trainer
+def test_the_trainer_augments_each_batch_with_its_epoch_step_and_rank(monkeypatch):
+    """UnitTrainer.train_epoch: batch k of epoch e on rank r is augmented as BatchAugmentation(..., epoch=e, step=k,
+    rank=r), and the network is fed exactly that batch."""
+    from types import SimpleNamespace
+
+    from experiment.config import ExperimentConfig
+    from training.trainer import UnitTrainer
+
+    region = (20, 20, 20)
+    batches = [batch((2, 2, *region), seed=s) for s in range(3)]
+
+    class Loader(list):
+        sampler = dataset = SimpleNamespace(set_epoch=lambda epoch: None)
+
+    aug = BatchAugmentation(PATCH, params(p_rotation=0.5, p_mirror=0.5, p_noise=0.5, p_brightness=0.5), seed=7)
+    calls, fed = [], []
+
+    class Recording(BatchAugmentation):
+        def __call__(self, image, label, *, epoch, step, rank=0):
+            calls.append((epoch, step, rank))
+            return super().__call__(image, label, epoch=epoch, step=step, rank=rank)
+
+    trainer = UnitTrainer.__new__(UnitTrainer)
+    model = torch.nn.Conv3d(2, 2, 1)
+    model.register_forward_hook(lambda module, inputs, output: fed.append(inputs[0].detach().clone()))
+    trainer.cfg = ExperimentConfig(dim="3d", patch_size=list(PATCH), epochs=5, device="cpu")
+    trainer.device, trainer.model, trainer.train_module, trainer.unit = torch.device("cpu"), model, model, "u"
+    trainer.ctx = SimpleNamespace(rank=3, world_size=4, is_main=False)
+    trainer.optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer.scaler = torch.amp.GradScaler("cuda", enabled=False)
+    trainer.autocast = lambda: torch.autocast("cpu", enabled=False)
+    trainer.loss_fn = lambda logits, label: logits.float().mean()
+    trainer.on_progress, trainer.augment = None, Recording(PATCH, aug.params, seed=7)
+    for epoch in (2, 4):
+        calls.clear()
+        fed.clear()
+        trainer.train_epoch(Loader(batches), epoch)
+        assert calls == [(epoch, k, 3) for k in range(3)]
+        for k, (image, label) in enumerate(batches):
+            expected, _ = aug(image, label, epoch=epoch, step=k, rank=3)
+            assert torch.equal(fed[k], expected), (epoch, k)
+            assert not torch.equal(fed[k], aug(image, label, epoch=epoch, step=k, rank=0)[0]), (epoch, k)

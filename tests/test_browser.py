@@ -80,14 +80,16 @@ def assert_clean(page) -> None:
 
 
 def assert_drawn(plot: dict) -> None:
-    """A plot container holds a drawn plot: plotly drew every trace, and each trace's colour is on the screen."""
+    """A plot container holds a drawn plot: plotly drew every trace, each trace alone puts its colour on the screen
+    (not a legend swatch, not another trace of the same colour), and each SVG trace drew shapes in its plot area."""
     assert plot["drawn"] and plot["n_full"] == plot["n_data"] > 0, plot["id"]
     for trace in plot["traces"]:
         if trace["visible"] is not True or (trace["mode"] == "lines" and trace["n"] < 2):
             continue
         assert trace["colors"], f"{plot['id']}: trace {trace['name']} has no colour to look for"
-        seen = max(plot["pixels"].get(c, 0) for c in trace["colors"])
-        assert seen >= 4, f"{plot['id']}: trace {trace['name']} ({trace['colors']}) is not on the screen"
+        assert trace["own_pixels"] >= 4, f"{plot['id']}: trace {trace['name']} ({trace['colors']}) is not on the screen"
+        if not trace["type"].endswith(("3d", "gl")):
+            assert trace["marks"] >= 1, f"{plot['id']}: trace {trace['name']} drew no shape in its plot area"
     if any(t["type"].endswith("3d") for t in plot["traces"]):
         assert plot["gl_canvases"] >= 1, plot["id"]
     else:
@@ -155,6 +157,17 @@ def test_the_browser_checks_catch_a_broken_page(browser, demo, tmp_path):
 <script>console.error("injected error");
 Plotly.newPlot("invisible", [{x: [1, 2], y: [1, 2], type: "scatter", mode: "markers",
                               marker: {color: "#123456", opacity: 0}}]);</script>
+<div id="swatch-only" class="plotly-graph-div" style="height:300px"></div>
+<script>Plotly.newPlot("swatch-only", [
+  {x: [1, 2], y: [1, 2], type: "scatter", mode: "markers", name: "drawn", marker: {color: "#aa3377", size: 10}},
+  {x: [1, 2], y: [null, null], type: "scatter", mode: "markers", name: "empty", marker: {color: "#228833", size: 10}}
+], {showlegend: true});</script>
+<div id="same-colour" class="plotly-graph-div" style="height:300px"></div>
+<script>Plotly.newPlot("same-colour", [
+  {x: [1, 2], y: [1, 2], type: "scatter", mode: "markers", name: "drawn", marker: {color: "#4477aa", size: 10}},
+  {x: [1, 2], y: [2, 1], type: "scatter", mode: "markers", name: "hidden", showlegend: false,
+   marker: {color: "#4477aa", size: 10}, opacity: 0}
+]);</script>
 </body>""")
     shown = next(v for v in ("0.1", "0.0", "0.2") if f'data-col="test_dice_mean_mean" data-value="{v}' in broken)
     broken = broken.replace(f'data-col="test_dice_mean_mean" data-value="{shown}', 'data-col="test_dice_mean_mean" '
@@ -166,5 +179,14 @@ Plotly.newPlot("invisible", [{x: [1, 2], y: [1, 2], type: "scatter", mode: "mark
     invisible = next(p for p in result.plots if p["id"] == "invisible")
     with pytest.raises(AssertionError, match="is not on the screen"):
         assert_drawn(invisible)
+    # a trace with no point on the plot, only its legend swatch; a trace drawn invisibly beside a visible one of the
+    # same colour: their colours are on the screen (what "drawn" once meant), the traces themselves are not
+    for plot_id, missing, color in (("swatch-only", "empty", "#228833"), ("same-colour", "hidden", "#4477aa")):
+        plot = next(p for p in result.plots if p["id"] == plot_id)
+        assert plot["pixels"][color] >= 4, plot["pixels"]
+        own = {t["name"]: t["own_pixels"] for t in plot["traces"]}
+        assert own["drawn"] >= 4 and own[missing] < 4, own
+        with pytest.raises(AssertionError, match=f"trace {missing} .* is not on the screen"):
+            assert_drawn(plot)
     mismatches = table_mismatches(result.tables, demo["run"])
     assert len(mismatches) == 1 and "test_dice_mean_mean" in mismatches[0]

@@ -159,3 +159,43 @@ def test_blending_modes_agree_on_a_pointwise_network(case):
     for blending in ("cosine", "gaussian", "constant"):
         predictor = Predictor.from_model(LabelEcho(), ("t1ce",), SETTINGS.with_(blending=blending))
         np.testing.assert_array_equal(predictor.labels(image), label)
+
+
+class WindowPosition(nn.Module):
+    """Not translation-equivariant: class 1's logit is high in the middle of the window it is given and low at its
+    borders (plus a little of the input), class 0's is 0; so how overlapping windows are weighted (blending)
+    changes the labels wherever windows overlap."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = x.shape[2:]
+        dist = torch.zeros(spatial)
+        for axis, n in enumerate(spatial):
+            d = (torch.arange(n, dtype=torch.float32) - (n - 1) / 2).abs() / ((n - 1) / 2)
+            dist = torch.maximum(dist, d.view([-1 if a == axis else 1 for a in range(len(spatial))]))
+        class1 = (1.0 - 2.0 * dist) + 0.05 * x[:, 0]
+        return torch.stack([torch.zeros_like(class1), class1], 1)
+
+
+def test_blending_modes_match_monais_sliding_window_and_differ_where_windows_overlap(case):
+    """Against MONAI's sliding_window_inference itself (the reference): gaussian and constant are its modes, cosine
+    is its roi_weight_map with the suite's cosine window; on a network whose output depends on the position in the
+    window, the three give different labels (a pointwise network could not tell them apart)."""
+    from monai.inferers import sliding_window_inference
+
+    from inference.predictor import cosine_weight_map
+
+    noise, _ = case
+    x = torch.from_numpy(noise[1:2])[None]  # the member's channel (t1ce) as (1, 1, Z, Y, X)
+    labels = {}
+    for blending in ("cosine", "gaussian", "constant"):
+        predictor = Predictor.from_model(WindowPosition(), ("t1ce",), SETTINGS.with_(blending=blending))
+        options = {"roi_weight_map": cosine_weight_map(SETTINGS.patch)} if blending == "cosine" else {
+            "mode": blending}
+        with torch.no_grad():
+            reference = sliding_window_inference(x, SETTINGS.patch, SETTINGS.sw_batch_size, WindowPosition(),
+                                                 overlap=SETTINGS.overlap, **options)[0]
+        torch.testing.assert_close(predictor.logits(noise), reference, rtol=1e-5, atol=1e-5)
+        labels[blending] = predictor.labels(noise)
+        np.testing.assert_array_equal(labels[blending], reference.argmax(0).numpy())
+    for a, b in (("gaussian", "constant"), ("cosine", "constant"), ("cosine", "gaussian")):
+        assert (labels[a] != labels[b]).sum() >= 20, (a, b, int((labels[a] != labels[b]).sum()))

@@ -19,7 +19,7 @@ import torch
 
 import data_loader as dl
 from experiment.run_folder import UnitKey
-from run.rank_failure import CONTINUE, END, EXIT_JOB_ENDED, RankFailureWatch, failure_timeout_s
+from run.rank_failure import CONTINUE, DEFAULT_TIMEOUT_S, END, EXIT_JOB_ENDED, RankFailureWatch, failure_timeout_s
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,6 +132,9 @@ def test_the_failing_rank_waits_for_the_decision_and_the_timeout_is_configurable
 # ----------------------------------------------------------------------------- the CLI under torchrun
 SHAPE = (48, 48, 40)
 N_CASES = 10
+# README: "both processes gone 0.7 s after the exception"; the default timeout is 60 s (see the tests below)
+LATENCY_BOUND_S = 10.0
+assert LATENCY_BOUND_S * 5 < DEFAULT_TIMEOUT_S, "the bound must tell the decision from the timeout"
 
 
 def cli_args(data: Path, results: Path, *extra: str) -> list[str]:
@@ -176,7 +179,11 @@ def test_one_ranks_exception_ends_the_job_in_seconds_and_resume_finishes_it(data
     assert not (record / "raised_unet3d_xs_42_rank0.json").exists()
     latency = ended - raised["time"]
     print(f"one rank's exception -> both ranks gone in {latency:.1f} s")
-    assert latency < 60, f"the job took {latency:.0f} s to end after rank 1's exception"
+    # the claim: ended by the sequence-number decision within a poll interval or two (0.7 s measured), not by the
+    # 60 s timeout (BRATS_FAILURE_TIMEOUT_S unset: the default). 10 s leaves a 2-core machine shared with other jobs
+    # room for torchrun's teardown, yet is 6x below the timeout, and a watchdog that polled rarely (or decided on the
+    # timeout only) would miss it; `< 60` could not tell the decision from the timeout
+    assert latency < LATENCY_BOUND_S, f"the job took {latency:.1f} s to end after rank 1's exception"
 
     run = next(results.iterdir())
     failed = pd.read_csv(run / "failed_runs.csv")
@@ -225,7 +232,7 @@ def test_one_ranks_exception_before_validation_ends_the_job_too(data, tmp_path):
     ended = time.time()
     assert proc.returncode != 0 and "exitcode  : 3" in proc.stderr, proc.stderr[-3000:]
     latency = ended - json.loads((record / "raised_unet3d_xs_24_rank1.json").read_text())["time"]
-    assert latency < 60, f"the job took {latency:.0f} s to end after rank 1's exception"
+    assert latency < LATENCY_BOUND_S, f"the job took {latency:.1f} s to end after rank 1's exception"
     failed = pd.read_csv(next(results.iterdir()) / "failed_runs.csv")
     assert list(zip(failed["model"], failed["epoch"])) == [("unet3d_xs", 0)]
     reason = failed.loc[0, "reason"]

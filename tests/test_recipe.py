@@ -17,7 +17,7 @@ import predict
 from brats_data.definitions import DATASETS
 from experiment.config import ExperimentConfig
 from experiment.run_folder import RunFolder, UnitKey
-from inference.postprocess import PostprocessRule, case_table, choose_rule
+from inference.postprocess import PostprocessRule, case_table, choose_rule, remove_small_components
 from inference.predictor import InferenceSettings, Predictor
 from losses import RegionDiceBCELoss, make_loss, paint_regions, region_targets
 from utils.checkpoint import load_checkpoint
@@ -91,6 +91,46 @@ def test_a_region_based_predictor_averages_sigmoids_and_paints():
         Predictor([single.members[0], softmax_member], settings)
 
 
+def test_a_region_ensemble_averages_sigmoids_not_logits():
+    """Three region-based members whose logits are moderate (|logit| <= 6): the mean of their sigmoids and the
+    sigmoid of their mean logit fall on different sides of 0.5 on many voxels (e.g. logits 10, -2, -2: mean logit
+    2 > 0, mean sigmoid 0.41 < 0.5), so the painted labels tell the two apart. Two members could not: for two
+    logits a, b, sigmoid(a) + sigmoid(b) > 1 exactly when a + b > 0."""
+    codes = 64
+
+    class Table(torch.nn.Module):  # region logits looked up per voxel from the code stored in channel 0
+        def __init__(self, table):
+            super().__init__()
+            self.register_buffer("table", table)  # (codes, 3)
+
+        def forward(self, x):
+            return self.table[x[:, 0].round().long().clamp(0, codes - 1)].permute(0, 4, 1, 2, 3)
+
+    gen = torch.Generator().manual_seed(3)
+    tables = [torch.rand((codes, 3), generator=gen) * 12 - 6 for _ in range(3)]
+    tables[0][:8] = torch.tensor([10.0, 10.0, 10.0])  # the known case above, and its mirror image
+    tables[1][:8] = tables[2][:8] = torch.tensor([-2.0, -2.0, -2.0])
+    tables[0][8:16] = torch.tensor([-10.0, -10.0, -10.0])
+    tables[1][8:16] = tables[2][8:16] = torch.tensor([2.0, 2.0, 2.0])
+    rng = np.random.default_rng(2)
+    code = rng.integers(0, codes, size=(10, 19, 17))
+    image = np.zeros((4, *code.shape), np.float32)
+    image[3] = code
+    settings = InferenceSettings("3d", (8, 16, 16), overlap=0.25)
+    ensemble = Predictor([Predictor.from_model(Table(t), ("flair",), settings, regions=CLASSIC).members[0]
+                          for t in tables], settings)
+    labels, probs = ensemble.predict(image, probabilities=True)
+
+    per_voxel = torch.stack([t[torch.from_numpy(code)] for t in tables]).permute(0, 4, 1, 2, 3)  # (3, 3, *shape)
+    mean_sigmoid = torch.sigmoid(per_voxel).mean(0)
+    np.testing.assert_allclose(probs, mean_sigmoid.numpy(), rtol=1e-5, atol=1e-6)
+    expected = paint_regions(mean_sigmoid, CLASSIC).numpy()
+    wrong = paint_regions(torch.sigmoid(per_voxel.mean(0)), CLASSIC).numpy()  # averaging logits
+    assert (expected != wrong).mean() > 0.05, "the case must tell the two averages apart"
+    np.testing.assert_array_equal(labels, expected)
+    assert set(np.unique(labels[(code < 8)])) == {0} and set(np.unique(labels[(code >= 8) & (code < 16)])) == {3}
+
+
 # ----------------------------------------------------------------------------- post-processing
 def _blob(shape, centre, radius):
     grid = np.ogrid[tuple(slice(0, s) for s in shape)]
@@ -136,6 +176,77 @@ def test_small_components_are_removed_when_that_helps_validation():
     assert with_rule == pytest.approx(1.0) and without < with_rule
     np.testing.assert_array_equal(rule.apply(pred), truth)
     assert PostprocessRule.from_dict(json.loads(rule.json())) == rule
+
+
+def _box_label(shape, boxes):
+    """A label map of (class, box) pairs painted in order."""
+    out = np.zeros(shape, np.uint8)
+    for cls, box in boxes:
+        out[box] = cls
+    return out
+
+
+def test_the_et_threshold_is_strict_at_its_own_value():
+    """An ET of exactly the threshold's size is believed, one voxel less is not (``< threshold``), in the rule and in
+    the choice: a false 30-voxel ET (switching helps from threshold 40 on, not at 30) and a true 130-voxel ET
+    (switching hurts from 140 on, not at 130): the best thresholds are 40..130 and 40 is chosen."""
+    shape = (24, 24, 24)
+    wt = (slice(2, 22),) * 3
+    core = (slice(6, 18),) * 3
+    truth = _box_label(shape, [(2, wt), (1, core)])
+    pred_a = truth.copy()
+    pred_a[10:12, 10:13, 10:15] = 3  # 30 voxels of ET where the truth has NCR
+    truth_b = truth.copy()
+    truth_b[10:12, 7:12, 7:18] = 3  # 110 voxels ...
+    truth_b[12, 7:12, 7:11] = 3  # ... + 20 = 130
+    pred_b = truth_b.copy()
+    assert int((pred_a == 3).sum()) == 30 and int((truth_b == 3).sum()) == 130
+    for size, pred in ((30, pred_a), (130, pred_b)):
+        np.testing.assert_array_equal(PostprocessRule(size).apply(pred), pred)  # exactly the threshold: kept
+        switched = PostprocessRule(size + 1).apply(pred)
+        np.testing.assert_array_equal(switched, np.where(pred == 3, 1, pred))  # one above: ET -> NCR
+    rule, with_rule, without = choose_rule([case_table(pred_a, truth), case_table(pred_b, truth_b)])
+    assert rule == PostprocessRule(40, ())
+    assert with_rule == pytest.approx(1.0) and without < with_rule
+    np.testing.assert_array_equal(rule.apply(pred_a), truth)
+    np.testing.assert_array_equal(rule.apply(pred_b), truth_b)
+
+
+def test_component_removal_is_26_connected_strict_and_per_region():
+    """Known answers for remove_small_components and the WT, TC and ET removals: components touching by a corner or
+    an edge only are one component (26-connectivity); a component of exactly the size is kept; a removed TC
+    island becomes edema (TC's parent), a removed ET island NCR (ET's parent), a removed WT island background."""
+    shape = (20, 20, 20)
+    # WT: two 8-voxel cubes touching by a corner (16 voxels together), two touching by an edge, a lone cube
+    wt = _box_label(shape, [(2, (slice(0, 2),) * 3), (2, (slice(2, 4),) * 3),
+                            (2, (slice(10, 12), slice(0, 2), slice(0, 2))),
+                            (2, (slice(12, 14), slice(2, 4), slice(0, 2))),
+                            (2, (slice(16, 18), slice(16, 18), slice(16, 18)))])
+    kept = remove_small_components(wt.copy(), (1, 2, 3), 16, 0)  # each pair is 16 voxels: kept; the lone cube not
+    np.testing.assert_array_equal(kept, np.where(np.arange(20)[:, None, None] >= 16, 0, wt))
+    np.testing.assert_array_equal(remove_small_components(wt.copy(), (1, 2, 3), 17, 0), np.zeros(shape, np.uint8))
+    np.testing.assert_array_equal(remove_small_components(wt.copy(), (1, 2, 3), 8, 0), wt)  # exactly 8: kept
+    np.testing.assert_array_equal(PostprocessRule(0, (("wt", 16),)).apply(wt), kept)
+
+    # a tumour: edema around a core of NCR with an ET inside, an 8-voxel NCR island and an 8-voxel ET island in
+    # the edema (each also a TC component), and a 4-voxel ET island touching the core's ET by a corner only
+    tumour = _box_label(shape, [(2, (slice(1, 19),) * 3), (1, (slice(4, 12),) * 3), (3, (slice(6, 10),) * 3),
+                                (1, (slice(14, 16),) * 3), (3, (slice(14, 16), slice(2, 4), slice(14, 16))),
+                                (3, (slice(10, 11), slice(10, 12), slice(10, 12)))])  # touches (9, 9, 9)
+    et_core = (slice(6, 10),) * 3
+    island_ncr, island_et = (slice(14, 16),) * 3, (slice(14, 16), slice(2, 4), slice(14, 16))
+    expected_tc = tumour.copy()
+    expected_tc[island_ncr] = 2
+    expected_tc[island_et] = 2  # TC's parent: edema, whatever TC class the island had
+    np.testing.assert_array_equal(PostprocessRule(0, (("tc", 9),)).apply(tumour), expected_tc)
+    expected_et = tumour.copy()
+    expected_et[island_et] = 1  # ET's parent: NCR; the corner-touching ET is part of the core's ET (64 + 4)
+    np.testing.assert_array_equal(PostprocessRule(0, (("et", 9),)).apply(tumour), expected_et)
+    assert int((tumour[et_core] == 3).sum()) == 64
+    expected_et_big = expected_et.copy()
+    expected_et_big[tumour == 3] = 1  # 68 voxels of connected ET: removed at 69, kept at 68
+    np.testing.assert_array_equal(PostprocessRule(0, (("et", 69),)).apply(tumour), expected_et_big)
+    np.testing.assert_array_equal(PostprocessRule(0, (("et", 68),)).apply(tumour), expected_et)
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -4,10 +4,12 @@ rebuilt by ``python -m visualization FOLDER --report``. The browser checks are i
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from plotly.offline import get_plotlyjs
@@ -15,7 +17,7 @@ from plotly.offline import get_plotlyjs
 from tests.browser import parse_tables, table_mismatches
 from tests.test_visualization import MODELS, write_split_run
 from visualization.__main__ import main as visualization_main
-from visualization.report import render_report, write_report
+from visualization.report import COST_LABELS, render_report, write_report
 
 
 @pytest.fixture
@@ -55,7 +57,67 @@ def test_merged_report_shows_each_csv_number_and_what_was_run(merged):
                  "global batch 8", "cuda:0, 4 process(es), AMP bf16", "torch 2.13.0, monai 1.6.1", "0123abcd"):
         assert fact in text, fact
     assert "no configuration recorded" in text
-    assert re.search(r"<td>24</td><td>0</td><td>\d+</td><td>\d+</td><td>6</td>", text), "split sizes per seed"
+    splits = json.loads((merged / "splits.json").read_text())
+    for seed, entry in splits.items():  # cases per seed and fold in train, validation and test, as splits.json has
+        for fold in entry["folds"]:
+            sizes = [seed, fold["fold"], len(fold["train"]), len(fold["val"]), len(fold["test"])]
+            assert "<tr>" + "".join(f"<td>{v}</td>" for v in sizes) in re.sub(r">\s+<", "><", text), sizes
+    assert {len(f[p]) for e in splits.values() for f in e["folds"] for p in ("train", "val", "test")} == {1, 6}
+
+
+def figures(text: str) -> dict[str, list[dict]]:
+    """The traces of every plotly figure of a page, by div id (``Plotly.newPlot(id, data, ...)``), arrays decoded
+    (plotly writes numeric arrays as base64 typed arrays)."""
+    def decode(value):
+        if isinstance(value, dict) and set(value) >= {"dtype", "bdata"}:
+            return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).tolist()
+        if isinstance(value, dict):
+            return {k: decode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    out = {}
+    for match in re.finditer(r'Plotly\.newPlot\(\s*"([^"]+)",\s*', text):
+        data, _ = json.JSONDecoder().raw_decode(text, match.end())
+        out[match.group(1)] = decode(data)
+    return out
+
+
+def test_the_plots_draw_the_numbers_of_the_csvs(merged):
+    """Each interactive figure's data, read back from the page, against the CSVs it is drawn from (computed here
+    independently): the Pareto points, the learning curves (mean over seeds/folds per epoch), every case's Dice and
+    NSD paired with its model."""
+    plots = figures((merged / "report.html").read_text())
+    assert set(plots) == {"plot-pareto", "plot-per-case", "plot-learning"}
+    comparison = pd.read_csv(merged / "model_comparison.csv")
+    costs = [c for c in COST_LABELS if c in comparison and comparison[c].notna().any()]
+    assert "params_mean" in costs
+    drawn = {(t["name"], t["xaxis"], round(t["x"][0], 9), round(t["y"][0], 9))
+             for t in plots["plot-pareto"] if t["mode"] == "markers"}
+    axes = {c: "x" if i == 0 else f"x{i + 1}" for i, c in enumerate(costs)}
+    expected = {(r.model, axes[c], round(getattr(r, c) / COST_LABELS[c][1], 9), round(r.test_dice_mean_mean, 9))
+                for r in comparison.itertuples() for c in costs if np.isfinite(getattr(r, c))}
+    assert drawn == expected
+
+    epochs = pd.read_csv(merged / "all_epochs_results.csv")
+    assert epochs.groupby(["model", "epoch"]).size().max() > 1, "several seeds per epoch: the mean is tested"
+    curves = {(t["name"], t["xaxis"]): (t["x"], t["y"]) for t in plots["plot-learning"]}
+    for axis, column in (("x", "train_loss"), ("x2", "val_dice_mean")):
+        for model, rows in epochs.groupby("model"):
+            mean = rows.dropna(subset=[column]).groupby("epoch")[column].mean()
+            x, y = curves[(model, axis)]
+            assert x == (mean.index + 1).tolist(), (model, column)
+            np.testing.assert_allclose(y, mean.to_numpy(), rtol=1e-12, err_msg=f"{model} {column}")
+
+    per_case = pd.read_csv(merged / "per_case_results.csv")
+    boxes = {(t["name"], t["yaxis"]): t for t in plots["plot-per-case"]}
+    assert set(boxes) == {(r.upper(), axis) for r in ("wt", "tc", "et") for axis in ("y", "y2")}
+    for (region, axis), box in boxes.items():
+        column = f"{'dice' if axis == 'y' else 'nsd'}_{region.lower()}"
+        shown = sorted(zip(box["x"], box["text"], np.round(box["y"], 12)))
+        expected = sorted(zip(per_case["model"], per_case["case_id"], np.round(per_case[column], 12)))
+        assert shown == expected, column
 
 
 def test_report_is_self_contained(merged):
@@ -88,10 +150,15 @@ def test_a_changed_csv_is_caught_and_the_cli_rebuilds_the_report(merged, capsys)
 def test_report_cli_refuses_what_it_cannot_do(tmp_path, capsys):
     assert visualization_main([str(tmp_path / "missing"), "--report"]) == 2
     assert "is not a folder" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as refused:  # argparse's usage error: status 2 and the reason
         visualization_main([str(tmp_path), "--report", "--output", str(tmp_path / "out")])
-    with pytest.raises(SystemExit):
+    assert refused.value.code == 2
+    assert "argument --output: not allowed with argument --report" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:
         visualization_main([str(tmp_path)])
+    assert refused.value.code == 2
+    assert "one of the arguments --output --report is required" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "report.html").exists()
 
 
 def test_report_of_an_unfinished_run(tmp_path):
@@ -106,4 +173,7 @@ def test_report_of_an_unfinished_run(tmp_path):
     text = render_report(run)
     assert "no config.json in this folder" in text and "2 (ET: 2)" in text
     assert 'data-plot="learning"' in text and 'data-empty="pareto"' in text and 'data-empty="results"' in text
+    plots = figures(text)
+    assert set(plots) == {"plot-learning"}
+    assert [(t["xaxis"], t["x"], t["y"]) for t in plots["plot-learning"]] == [("x", [1], [1.0]), ("x2", [1], [0.1])]
     assert write_report(run) == run / "report.html"

@@ -21,7 +21,8 @@ from experiment.config import ExperimentConfig
 from experiment.run_folder import per_case_columns, result_columns
 from experiment_runner import run_integrated_experiment
 from inference.export import written_as
-from inference.official_eval import DEFAULT_BRATS_EVAL_PYTHON, run_official_evaluation
+from inference.official_eval import BRATS_EVAL_INSTALL, DEFAULT_BRATS_EVAL_PYTHON, run_official_evaluation
+from metrics.segmentation import dice_coefficient
 from models import get_model
 from utils.labels import CLASSIC
 
@@ -106,18 +107,35 @@ def _task_data(tmp_path_factory, task: str) -> Path:
     return cases
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("task", NEW_TASKS)
-def test_each_new_task_runs_end_to_end(task, tmp_path_factory, tmp_path):
-    definition = DATASETS[task]
+@pytest.fixture(scope="module", params=NEW_TASKS)
+def task_run(request, tmp_path_factory) -> tuple[str, Path, Path]:
+    """A trained, tested and exported run of each new task: (task, its data folder, its run folder)."""
+    task = request.param
     data = _task_data(tmp_path_factory, task)
-    cfg = ExperimentConfig(data_path=str(data), dataset_version=task, cache_dir=str(tmp_path / "cache"), epochs=1,
+    work = tmp_path_factory.mktemp(f"run_{task}")
+    cfg = ExperimentConfig(data_path=str(data), dataset_version=task, cache_dir=str(work / "cache"), epochs=1,
                            models=["unet3d_xs"], dim="3d", patch_size=[32, 32, 32], num_workers=0, device="cpu",
-                           results_dir=str(tmp_path / "results"), patches_per_case=2, seeds=[24], lr=3e-3,
+                           results_dir=str(work / "results"), patches_per_case=2, seeds=[24], lr=3e-3,
                            batch_size=2, measure_efficiency=False)
     summary = run_integrated_experiment(cfg, callbacks=[])
     assert summary.exit_code == 0, summary.failed
-    run = summary.run_dir
+    assert evaluate_experiment.main(["--results_dir", str(summary.run_dir), "--export_predictions"]) == 0
+    return task, data, summary.run_dir
+
+
+def _classes(path: Path, definition: DatasetDef) -> np.ndarray:
+    return definition.map_labels(np.asanyarray(nib.load(str(path)).dataobj))
+
+
+def _dice_per_region(pred: np.ndarray, ref: np.ndarray, definition: DatasetDef) -> dict[str, float]:
+    return {region: dice_coefficient(np.isin(pred, classes), np.isin(ref, classes))
+            for region, classes in definition.scheme.region_classes.items()}
+
+
+@pytest.mark.slow
+def test_each_new_task_runs_end_to_end(task_run, tmp_path):
+    task, data, run = task_run
+    definition = DATASETS[task]
     scheme = definition.scheme
     per_case = pd.read_csv(run / "per_case_results.csv")
     assert list(per_case.columns) == per_case_columns(scheme)  # exactly the task's regions and classes
@@ -135,22 +153,44 @@ def test_each_new_task_runs_end_to_end(task, tmp_path_factory, tmp_path):
     test_columns = [c for c in results.columns if c.startswith("test_")]
     pd.testing.assert_frame_equal(evaluation[test_columns], results[test_columns], check_exact=True)
 
-    # export: predictions in the task's values, references copied
-    assert evaluate_experiment.main(["--results_dir", str(run), "--export_predictions"]) == 0
-    exported = sorted((run / "predictions" / "unet3d_xs_seed_24").glob("*.nii.gz"))
-    assert exported and all(set(np.unique(np.asanyarray(nib.load(str(p)).dataobj))) <= definition.labels
-                            for p in exported)
-    # official evaluation with the task's own configuration: its regions' columns, and its legacy Dice equal to
-    # the suite's wherever the reference region is not empty (the configuration reads the task's labels)
-    if HAS_OFFICIAL:
-        assert_official_equals_ours(run, definition, per_case)
-    # predict.py on the release folder: the task's values, the inputs' grid
+    # export: predictions in the task's values, references copied; each exported prediction scored against its
+    # exported reference gives the run's per-case Dice of every region (so the files are the run's test predictions,
+    # at the right place and in the right values: a blank or shifted export would not score the same)
+    exported = {p.name.removesuffix(".nii.gz"): p for p in (run / "predictions" / "unet3d_xs_seed_24").glob("*.nii.gz")}
+    assert sorted(exported) == sorted(per_case["case_id"])
+    references = run / "predictions" / "references"
+    for case_id, path in exported.items():
+        assert set(np.unique(np.asanyarray(nib.load(str(path)).dataobj))) <= definition.labels
+        row = per_case.set_index("case_id").loc[case_id]
+        dice = _dice_per_region(_classes(path, definition), _classes(references / f"{case_id}.nii.gz", definition),
+                                definition)
+        for region, value in dice.items():
+            assert value == pytest.approx(row[f"dice_{region}"], abs=1e-9), (case_id, region)
+    assert per_case[[f"dice_{r}" for r in ("wt", "tc", "et")]].to_numpy().mean() > 0.0  # it did segment
+    # predict.py on the release folder: the task's values, the inputs' grid, and for the test cases the very
+    # labels the run exported (same checkpoint, same settings)
     out = tmp_path / "pred"
     assert predict.main(["--run_dir", str(run), "--input", str(data), "--output", str(out), "--device", "cpu"]) == 0
     written = sorted(out.glob("*.nii.gz"))
     assert len(written) == N_CASES
     for path in written:
         assert set(np.unique(np.asanyarray(nib.load(str(path)).dataobj))) <= definition.labels
+    predicted = {p.name.removesuffix(".nii.gz"): p for p in written}
+    assert set(exported) <= set(predicted), (sorted(exported), sorted(predicted))
+    for case_id, path in exported.items():
+        image, export = nib.load(str(predicted[case_id])), nib.load(str(path))
+        np.testing.assert_array_equal(np.asanyarray(image.dataobj), np.asanyarray(export.dataobj), err_msg=case_id)
+        np.testing.assert_allclose(image.affine, export.affine)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_OFFICIAL, reason="the official BraTS evaluation environment is missing "
+                    f"({DEFAULT_BRATS_EVAL_PYTHON}); enable with: {BRATS_EVAL_INSTALL}")
+def test_the_official_evaluation_of_each_new_task_equals_ours(task_run):
+    """The official evaluation with the task's own configuration: its regions' columns, and its legacy Dice equal to
+    the suite's wherever the reference region is not empty (the configuration reads the task's labels)."""
+    task, _, run = task_run
+    assert_official_equals_ours(run, DATASETS[task], pd.read_csv(run / "per_case_results.csv"))
 
 
 def assert_official_equals_ours(run: Path, definition: DatasetDef, per_case: pd.DataFrame) -> None:
@@ -171,7 +211,8 @@ def assert_official_equals_ours(run: Path, definition: DatasetDef, per_case: pd.
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAS_OFFICIAL, reason="the official BraTS evaluation environment is missing")
+@pytest.mark.skipif(not HAS_OFFICIAL, reason="the official BraTS evaluation environment is missing "
+                    f"({DEFAULT_BRATS_EVAL_PYTHON}); enable with: {BRATS_EVAL_INSTALL}")
 def test_msd_data_are_scored_officially_after_relabelling(tmp_path):
     """MSD numbers its labels its own way (1 edema, 2 non-enhancing, 3 enhancing): the official evaluation sees
     them relabelled to BraTS 2023 values, and its Dice equals the suite's; the exported files keep MSD's values."""

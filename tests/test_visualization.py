@@ -475,6 +475,45 @@ def test_gradcam_of_a_tiny_model_writes_a_png(tmp_path):
     assert_png(path, min_kb=5)
 
 
+def test_gradcam_peaks_where_the_target_regions_evidence_is():
+    """Known answer on a hand-made network: input channel 0 marks a blob R, channel 1 a blob S elsewhere; the stage
+    before the head copies them as features; the head makes ET (class 3) from feature 0 only and edema (class 2)
+    from feature 1 only. ET's Grad-CAM is feature 0 (all of R, nothing at S); WT's (ET and edema) covers both."""
+    import torch
+    import torch.nn as nn
+
+    class Evidence(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Conv3d(2, 2, 1, bias=False)
+            self.head = nn.Conv3d(2, 4, 1)
+            with torch.no_grad():
+                self.features.weight.copy_(torch.eye(2).view(2, 2, 1, 1, 1))
+                self.head.weight.zero_()
+                self.head.bias.copy_(torch.tensor([0.0, -10.0, -2.0, -2.0]))
+                self.head.weight[3, 0] = 5.0  # ET logit: 5 x feature 0 - 2
+                self.head.weight[2, 1] = 5.0  # edema logit: 5 x feature 1 - 2
+
+        def forward(self, x):
+            return self.head(self.features(x))
+
+    shape = (16, 16, 16)
+    r, s = np.zeros(shape, bool), np.zeros(shape, bool)
+    r[3:7, 4:9, 3:8] = True
+    s[9:14, 8:13, 10:14] = True
+    image = np.stack([r, s]).astype(np.float32)
+    label = np.where(r, 3, np.where(s, 2, 0)).astype(np.uint8)
+    model = Evidence()
+    et = compute_gradcam(model, image, label, dim="3d", patch=shape)
+    assert et["region"] == "et" and et["layer"] == "features"
+    np.testing.assert_array_equal(et["pred"], label)
+    np.testing.assert_allclose(et["cam"][r], 1.0, atol=1e-5)  # the peak: all of R
+    assert et["cam"][~r].max() < 1e-5, "nothing outside R, S included"
+    wt = compute_gradcam(model, image, label, dim="3d", patch=shape, region="wt")
+    assert wt["cam"][r].min() > 0.3 and wt["cam"][s].min() > 0.3 and wt["cam"][~(r | s)].max() < 1e-5
+    assert wt["cam"].max() == pytest.approx(1.0)
+
+
 def test_gradcam_failure_in_a_run_only_warns(tmp_path, caplog):
     """A figure that fails (here Grad-CAM reading a broken cache) is a warning; so is any callback that
     raises: the loop's notify never lets one cost the run."""
