@@ -59,17 +59,19 @@ def format_shard(index: int, count: int) -> str:
 
 def option(default: Any = MISSING, help: str = "", *, group: str = "run", flag: str | None = None,
            choices: Sequence[Any] | None = None, type: Any = None, nargs: Any = None, metavar: Any = None,
-           default_factory: Any = MISSING, flags: dict[str, Any] | None = None, shown: str | None = None) -> Any:
+           default_factory: Any = MISSING, flags: dict[str, Any] | None = None, shown: str | None = None,
+           negatable: bool = False) -> Any:
     """A dataclass field that is also a command-line option.
 
     ``flag`` renames the option (default ``--{field name}``); a bool field defaulting to False is a
     ``store_true`` switch, one defaulting to True needs ``flag`` (a ``store_false`` switch such as
     ``--no_efficiency``). ``flags`` maps several mutually exclusive switches to the values they set
     (``--use_nnunet_loss`` -> ``"nnunet"``). ``shown`` is the default as documented, where the value
-    depends on the machine (an environment variable).
+    depends on the machine (an environment variable). ``negatable``: a switch also gets its opposite
+    (``--no_X`` beside ``--X``, or ``--X`` beside ``--no_X``), so a value a ``--recipe`` sets can be undone.
     """
     cli = {"help": help, "group": group, "flag": flag, "choices": choices, "type": type, "nargs": nargs,
-           "metavar": metavar, "flags": flags, "shown": shown}
+           "metavar": metavar, "flags": flags, "shown": shown, "negatable": negatable}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata={"cli": cli})
     return field(default=default, metadata={"cli": cli})
@@ -148,21 +150,21 @@ class ExperimentConfig:
                                "mirroring, batched on the device (README 'Training recipe')", group="training",
                                choices=AUGMENTATIONS)
     region_based: bool = option(False, "train the data set's regions (BraTS: WT, TC, ET) with sigmoid outputs and "
-                                "Dice + BCE; labels painted back in nnU-Net's order", group="training")
+                                "Dice + BCE; labels painted back in nnU-Net's order", group="training", negatable=True)
     postprocess: bool = option(False, "after training, choose on the unit's validation cases an ET-volume threshold "
                                "(0-750 voxels) and small-component removals; applied at test, export and predict.py",
-                               group="training")
+                               group="training", negatable=True)
     loss: str = option("nnunet", group="training", flags={
         "--use_nnunet_loss": ("nnunet", "Dice 70%% + CE 30%% (the default)"),
         "--use_standard_loss": ("standard", "Dice 50%% + CE 50%%"),
         "--use_nnunet_v2_loss": ("nnunet_v2", "Dice 100%% + CE 100%% (nnU-Net v2's DC_and_CE_loss / DC_and_BCE_loss "
                                  "weights)")})
-    batch_dice: bool = option(True, "soft Dice per sample, averaged (nnU-Net's batch_dice False) instead of pooled "
-                              "over the batch", group="training", flag="--no_batch_dice")
+    batch_dice: bool = option(True, "soft Dice per sample, averaged (nnU-Net's batch_dice False), instead of pooled "
+                              "over the batch", group="training", flag="--no_batch_dice", negatable=True)
     deep_supervision: bool = option(False, "deep supervision (models with decoder outputs at several scales: "
                                     "nnunet*, dynunet): the loss at every scale but the lowest, weighted 1/2^i and "
                                     "normalised, against the label downsampled nearest-exact (nnU-Net v2's); "
-                                    "inference uses the full resolution only", group="training")
+                                    "inference uses the full resolution only", group="training", negatable=True)
     recipe: str | None = option(None, "nnunet: nnU-Net v2's default trainer (README 'Training recipe'): every "
                                 "value it sets is recorded in config.json, and any flag given on the command line "
                                 "wins over it", group="training", choices=RECIPE_NAMES, type=str)
@@ -311,11 +313,12 @@ def cli_fields() -> list[Field]:
 # The patch, batch and batch Dice are nnunetv2's ExperimentPlanner on generated cases of BraTS 2021's shape
 # (240x240x155 at 1 mm, 4 channels, brain-sized foreground, 1,251 training cases as BraTS 2021; docs/NNUNET.md):
 # per --dim, Z Y X order.
+MODELS_WITH_DS = "if every model of the run has decoder outputs at several scales"
 NESTED_REGIONS = "if the data set's regions nest"  # BraTS: WT > TC > ET, trained as regions by nnU-Net's BraTS plans
 RECIPES: dict[str, dict[str, Any]] = {
     "nnunet": {
         "dim": "3d", "models": ["nnunet"], "optimizer": "sgd", "epochs": 1000, "iters_per_epoch": 250,
-        "augmentation": "nnunet", "deep_supervision": True, "loss": "nnunet_v2", "postprocess": True,
+        "augmentation": "nnunet", "deep_supervision": MODELS_WITH_DS, "loss": "nnunet_v2", "postprocess": True,
         "overlap": 0.5, "grad_clip": 12.0,
         "region_based": NESTED_REGIONS,
         "3d": {"patch_size": [112, 160, 128], "batch_size": 2, "batch_dice": False},
@@ -343,8 +346,13 @@ def apply_recipe(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
     for key, value in recipe.items():
         if key in ("2d", "3d") or key in given:
             continue
-        out[key] = _regions_nest(out) if value == NESTED_REGIONS else (list(value) if isinstance(value, list)
-                                                                        else value)
+        if value == NESTED_REGIONS:
+            out[key] = _regions_nest(out)
+        elif value == MODELS_WITH_DS:
+            names = out["models"] or RECIPES[name]["models"]
+            out[key] = all(n in list_models() and model_spec(n).deep_supervision for n in names)
+        else:
+            out[key] = list(value) if isinstance(value, list) else value
     for key, value in recipe[out["dim"]].items():
         if key not in given:
             out[key] = list(value) if isinstance(value, list) else value
@@ -369,6 +377,11 @@ EXTRA_SWITCHES = {  # options that are actions of the command, not configuration
 }
 
 
+def _opposite(f: Field) -> str:
+    """The opposite switch of a negatable bool option: ``--no_X`` of ``--X``, ``--X`` of ``--no_X``."""
+    return f"--{f.name}" if f.default else f"--no_{f.name}"
+
+
 def _add_option(group: argparse._ActionsContainer, f: Field, suppress_defaults: bool = False) -> None:
     cli: dict[str, Any] = f.metadata["cli"]
     default = f.default_factory() if f.default_factory is not MISSING else f.default
@@ -386,6 +399,12 @@ def _add_option(group: argparse._ActionsContainer, f: Field, suppress_defaults: 
     field_default = f.default_factory() if f.default_factory is not MISSING else f.default
     if isinstance(field_default, bool):
         action = "store_false" if field_default else "store_true"
+        if cli["negatable"]:
+            pair = group.add_mutually_exclusive_group()
+            pair.add_argument(flag, dest=f.name, action=action, default=default, help=cli["help"])
+            pair.add_argument(_opposite(f), dest=f.name, action="store_true" if field_default else "store_false",
+                              default=default, help=f"undo {flag} (e.g. where --recipe sets it)")
+            return
         group.add_argument(flag, dest=f.name, action=action, default=default, help=cli["help"])
         return
     kwargs = {k: cli[k] for k in ("choices", "nargs", "metavar") if cli[k] is not None}
@@ -446,6 +465,8 @@ def options_table() -> str:
     for f in cli_fields():
         cli = f.metadata["cli"]
         switches = cli["flags"] or {cli["flag"] or f"--{f.name}": (None, cli["help"])}
+        if cli["negatable"]:
+            switches = {**switches, _opposite(f): (None, f"undo {next(iter(switches))} (e.g. where --recipe sets it)")}
         for flag, (_value, help_text) in switches.items():
             by_group[cli["group"]].append(f"| `{flag}{_placeholder(f)}` | {_shown_default(f, flag)} | "
                                           f"{help_text.replace('%%', '%').replace('|', '/')} |")
