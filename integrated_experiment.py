@@ -16,11 +16,18 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from experiment.config import ExperimentConfig, build_parser, cli_fields
+from experiment.config import ExperimentConfig, apply_recipe, build_parser, cli_fields, given_fields
 
 
-def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    return ExperimentConfig(**{f.name: getattr(args, f.name) for f in cli_fields()})
+def config_from_args(args: argparse.Namespace, given: set[str] | None = None) -> ExperimentConfig:
+    """The configuration of parsed ``args``; with ``--recipe`` its values fill every option not in ``given`` (the
+    options on the command line, :func:`experiment.config.given_fields`; ``None``: those that differ from their
+    defaults)."""
+    values = {f.name: getattr(args, f.name) for f in cli_fields()}
+    if given is None:
+        defaults = vars(build_parser().parse_args([]))
+        given = {k for k, v in values.items() if v != defaults.get(k)}
+    return ExperimentConfig(**apply_recipe(values, given))
 
 
 def print_models() -> None:
@@ -49,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_models()
         return 0
     try:
-        cfg = config_from_args(args)
+        cfg = config_from_args(args, given_fields(argv))
     except ValueError as exc:  # a flag value the configuration rejects
         parser.error(str(exc))
 

@@ -40,7 +40,8 @@ from utils.io import read_json
 
 CONFIG_JSON = "config.json"  # re-exported by run_folder, which owns every file name
 DEFAULT_DATA_PATH = os.environ.get("BRATS_DATA_PATH", "./data")
-LOSSES = ("nnunet", "standard")
+LOSSES = ("nnunet", "standard", "nnunet_v2")
+RECIPE_NAMES = ("nnunet",)
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTATIONS = ("flips", "nnunet")
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
@@ -119,17 +120,19 @@ def _resolved_dataset(version: str, data_path: str | None, synthetic_task: str,
 
 def option(default: Any = MISSING, help: str = "", *, group: str = "run", flag: str | None = None,
            choices: Sequence[Any] | None = None, type: Any = None, nargs: Any = None, metavar: Any = None,
-           default_factory: Any = MISSING, flags: dict[str, Any] | None = None, shown: str | None = None) -> Any:
+           default_factory: Any = MISSING, flags: dict[str, Any] | None = None, shown: str | None = None,
+           negatable: bool = False) -> Any:
     """A dataclass field that is also a command-line option.
 
     ``flag`` renames the option (default ``--{field name}``); a bool field defaulting to False is a
     ``store_true`` switch, one defaulting to True needs ``flag`` (a ``store_false`` switch such as
     ``--no_efficiency``). ``flags`` maps several mutually exclusive switches to the values they set
     (``--use_nnunet_loss`` -> ``"nnunet"``). ``shown`` is the default as documented, where the value
-    depends on the machine (an environment variable).
+    depends on the machine (an environment variable). ``negatable``: a switch also gets its opposite
+    (``--no_X`` beside ``--X``, or ``--X`` beside ``--no_X``), so a value a ``--recipe`` sets can be undone.
     """
     cli = {"help": help, "group": group, "flag": flag, "choices": choices, "type": type, "nargs": nargs,
-           "metavar": metavar, "flags": flags, "shown": shown}
+           "metavar": metavar, "flags": flags, "shown": shown, "negatable": negatable}
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata={"cli": cli})
     return field(default=default, metadata={"cli": cli})
@@ -208,13 +211,24 @@ class ExperimentConfig:
                                "mirroring, batched on the device (README 'Training recipe')", group="training",
                                choices=AUGMENTATIONS)
     region_based: bool = option(False, "train the data set's regions (BraTS: WT, TC, ET) with sigmoid outputs and "
-                                "Dice + BCE; labels painted back in nnU-Net's order", group="training")
+                                "Dice + BCE; labels painted back in nnU-Net's order", group="training", negatable=True)
     postprocess: bool = option(False, "after training, choose on the unit's validation cases an ET-volume threshold "
                                "(0-750 voxels) and small-component removals; applied at test, export and predict.py",
-                               group="training")
+                               group="training", negatable=True)
     loss: str = option("nnunet", group="training", flags={
         "--use_nnunet_loss": ("nnunet", "Dice 70%% + CE 30%% (the default)"),
-        "--use_standard_loss": ("standard", "Dice 50%% + CE 50%%")})
+        "--use_standard_loss": ("standard", "Dice 50%% + CE 50%%"),
+        "--use_nnunet_v2_loss": ("nnunet_v2", "Dice 100%% + CE 100%% (nnU-Net v2's DC_and_CE_loss / DC_and_BCE_loss "
+                                 "weights)")})
+    batch_dice: bool = option(True, "soft Dice per sample, averaged (nnU-Net's batch_dice False), instead of pooled "
+                              "over the batch", group="training", flag="--no_batch_dice", negatable=True)
+    deep_supervision: bool = option(False, "deep supervision (models with decoder outputs at several scales: "
+                                    "nnunet*, dynunet): the loss at every scale but the lowest, weighted 1/2^i and "
+                                    "normalised, against the label downsampled nearest-exact (nnU-Net v2's); "
+                                    "inference uses the full resolution only", group="training", negatable=True)
+    recipe: str | None = option(None, "nnunet: nnU-Net v2's default trainer (README 'Training recipe'): every "
+                                "value it sets is recorded in config.json, and any flag given on the command line "
+                                "wins over it", group="training", choices=RECIPE_NAMES, type=str)
     trainer: str = option("UnitTrainer", "training recipe: a registered trainer class, or module:Class of an "
                           "importable UnitTrainer subclass (docs/TRAINERS.md)", group="training")
     use_pretrained: bool = option(False, "initialise from local weights {pretrained_dir}/{model}.pth "
@@ -256,6 +270,8 @@ class ExperimentConfig:
         choices = {"dataset_version": DATASET_VERSIONS, "loss": LOSSES, "amp": AMP_MODES,
                    "sharing_strategy": ("file_descriptor", "file_system"), "synthetic_task": SYNTHETIC_TASKS,
                    "optimizer": OPTIMIZERS, "augmentation": AUGMENTATIONS, "tracker": TRACKERS}
+        if self.recipe is not None and self.recipe not in RECIPE_NAMES:
+            raise ValueError(f"--recipe must be one of {', '.join(RECIPE_NAMES)}, got {self.recipe!r}")
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -286,6 +302,12 @@ class ExperimentConfig:
         if self.lr <= 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
         self.patch_size = [int(p) for p in self.patch_size]
+        if self.deep_supervision:
+            flat = [m for m in self.model_names if m in list_models() and not model_spec(m).deep_supervision]
+            if flat:
+                with_ds = [m for m in list_models() if model_spec(m).deep_supervision]
+                raise ValueError(f"--deep_supervision: {', '.join(flat)} has no decoder outputs at several scales "
+                                 f"(models with them: {', '.join(with_ds)}); name those with --models")
 
     @property
     def spatial_patch(self) -> tuple[int, ...]:
@@ -355,6 +377,64 @@ def cli_fields() -> list[Field]:
     return [f for f in fields(ExperimentConfig) if "cli" in f.metadata]
 
 
+# ----------------------------------------------------------------------------- recipes
+# --recipe nnunet: what nnU-Net v2's default trainer (nnUNetTrainer, 2.8.1) and its plans for BraTS-shaped data set.
+# The patch, batch and batch Dice are nnunetv2's ExperimentPlanner on generated cases of BraTS 2021's shape
+# (240x240x155 at 1 mm, 4 channels, brain-sized foreground, 1,251 training cases as BraTS 2021; docs/NNUNET.md):
+# per --dim, Z Y X order.
+MODELS_WITH_DS = "if every model of the run has decoder outputs at several scales"
+NESTED_REGIONS = "if the data set's regions nest"  # BraTS: WT > TC > ET, trained as regions by nnU-Net's BraTS plans
+RECIPES: dict[str, dict[str, Any]] = {
+    "nnunet": {
+        "dim": "3d", "models": ["nnunet"], "optimizer": "sgd", "epochs": 1000, "iters_per_epoch": 250,
+        "augmentation": "nnunet", "deep_supervision": MODELS_WITH_DS, "loss": "nnunet_v2", "postprocess": True,
+        "overlap": 0.5, "grad_clip": 12.0,
+        "region_based": NESTED_REGIONS,
+        "3d": {"patch_size": [112, 160, 128], "batch_size": 2, "batch_dice": False},
+        "2d": {"patch_size": [192, 160], "batch_size": 105, "batch_dice": True},
+    },
+}
+
+
+def _regions_nest(values: dict[str, Any]) -> bool:
+    """Whether the data set's regions share classes (BraTS: WT, TC, ET nest): nnU-Net trains those as regions."""
+    scheme = dataset_def(values["dataset_version"], values["data_path"], values["synthetic_task"]).scheme
+    regions = [set(r.classes) for r in scheme.regions]
+    return any(a & b for i, a in enumerate(regions) for b in regions[i + 1:])
+
+
+def apply_recipe(values: dict[str, Any], given: set[str]) -> dict[str, Any]:
+    """``values`` (field -> value, as parsed) with the recipe of ``values["recipe"]`` filling every field it sets
+    that is not in ``given`` (the options the user gave on the command line, which always win). The per-dim
+    values follow the dim the run ends up with."""
+    name = values.get("recipe")
+    if name is None:
+        return dict(values)
+    recipe = RECIPES[name]
+    out = dict(values)
+    for key, value in recipe.items():
+        if key in ("2d", "3d") or key in given:
+            continue
+        if value == NESTED_REGIONS:
+            out[key] = _regions_nest(out)
+        elif value == MODELS_WITH_DS:
+            names = out["models"] or RECIPES[name]["models"]
+            out[key] = all(n in list_models() and model_spec(n).deep_supervision for n in names)
+        else:
+            out[key] = list(value) if isinstance(value, list) else value
+    for key, value in recipe[out["dim"]].items():
+        if key not in given:
+            out[key] = list(value) if isinstance(value, list) else value
+    return out
+
+
+def given_fields(argv: Sequence[str] | None) -> set[str]:
+    """The fields whose options appear in ``argv`` (parsed with every default suppressed, so an option given with
+    its default value still counts as given)."""
+    parser = build_parser(suppress_defaults=True)
+    return set(vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv))))
+
+
 # ----------------------------------------------------------------------------- the command line
 GROUPS = ("data", "training", "run")
 EXTRA_SWITCHES = {  # options that are actions of the command, not configuration
@@ -366,28 +446,45 @@ EXTRA_SWITCHES = {  # options that are actions of the command, not configuration
 }
 
 
-def _add_option(group: argparse._ActionsContainer, f: Field) -> None:
+def _opposite(f: Field) -> str:
+    """The opposite switch of a negatable bool option: ``--no_X`` of ``--X``, ``--X`` of ``--no_X``."""
+    return f"--{f.name}" if f.default else f"--no_{f.name}"
+
+
+def _add_option(group: argparse._ActionsContainer, f: Field, suppress_defaults: bool = False) -> None:
     cli: dict[str, Any] = f.metadata["cli"]
     default = f.default_factory() if f.default_factory is not MISSING else f.default
+    if suppress_defaults:
+        default = argparse.SUPPRESS
     if cli["flags"]:  # mutually exclusive switches that each set one value
         switches = group.add_mutually_exclusive_group()
         for flag, (value, help_text) in cli["flags"].items():
-            switches.add_argument(flag, dest=f.name, action="store_const", const=value, help=help_text)
-        group.set_defaults(**{f.name: default})
+            switches.add_argument(flag, dest=f.name, action="store_const", const=value, help=help_text,
+                                  **({"default": argparse.SUPPRESS} if suppress_defaults else {}))
+        if not suppress_defaults:
+            group.set_defaults(**{f.name: default})
         return
     flag = cli["flag"] or f"--{f.name}"
-    if isinstance(default, bool):
-        action = "store_false" if default else "store_true"
+    field_default = f.default_factory() if f.default_factory is not MISSING else f.default
+    if isinstance(field_default, bool):
+        action = "store_false" if field_default else "store_true"
+        if cli["negatable"]:
+            pair = group.add_mutually_exclusive_group()
+            pair.add_argument(flag, dest=f.name, action=action, default=default, help=cli["help"])
+            pair.add_argument(_opposite(f), dest=f.name, action="store_true" if field_default else "store_false",
+                              default=default, help=f"undo {flag} (e.g. where --recipe sets it)")
+            return
         group.add_argument(flag, dest=f.name, action=action, default=default, help=cli["help"])
         return
     kwargs = {k: cli[k] for k in ("choices", "nargs", "metavar") if cli[k] is not None}
-    value_type = cli["type"] or type(default)
+    value_type = cli["type"] or type(field_default)
     group.add_argument(flag, dest=f.name, type=value_type, default=default, help=cli["help"], **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The parser of ``integrated_experiment.py``: one option per field of :func:`cli_fields`, and the two
-    command switches of :data:`EXTRA_SWITCHES`."""
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The parser of ``integrated_experiment.py``: one option per field of :func:`cli_fields`, and the
+    command switches of :data:`EXTRA_SWITCHES`; ``suppress_defaults``: options not given are left out of the
+    namespace (:func:`given_fields`)."""
     p = argparse.ArgumentParser(
         prog="integrated_experiment.py",
         description="Train, evaluate and compare BraTS brain-tumour segmentation models (accuracy and efficiency). "
@@ -396,9 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = {name: p.add_argument_group(name) for name in GROUPS}
     for f in cli_fields():
-        _add_option(groups[f.metadata["cli"]["group"]], f)
+        _add_option(groups[f.metadata["cli"]["group"]], f, suppress_defaults)
     for flag, (group, help_text) in EXTRA_SWITCHES.items():
-        groups[group].add_argument(flag, action="store_true", help=help_text)
+        groups[group].add_argument(flag, action="store_true", help=help_text,
+                                   **({"default": argparse.SUPPRESS} if suppress_defaults else {}))
     return p
 
 
@@ -436,6 +534,8 @@ def options_table() -> str:
     for f in cli_fields():
         cli = f.metadata["cli"]
         switches = cli["flags"] or {cli["flag"] or f"--{f.name}": (None, cli["help"])}
+        if cli["negatable"]:
+            switches = {**switches, _opposite(f): (None, f"undo {next(iter(switches))} (e.g. where --recipe sets it)")}
         for flag, (_value, help_text) in switches.items():
             by_group[cli["group"]].append(f"| `{flag}{_placeholder(f)}` | {_shown_default(f, flag)} | "
                                           f"{help_text.replace('%%', '%').replace('|', '/')} |")

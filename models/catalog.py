@@ -45,6 +45,14 @@ FAMILY_NOTES: dict[str, str] = {
         "`dualbranch_mobilenetv2_dilated[_fixed]` is a MobileNetV2 variant fused at stage 3, and "
         "`dualbranch_14_*` compares backbones (one block kind in both branches and the fused stages)."
     ),
+    "nnunet": (
+        "nnU-Net v2's networks built by dynamic-network-architectures (`models/nnunet.py`) with nnU-Net's planned "
+        "topology for the patch at 1 mm (hand-written planner, checked against nnunetv2 2.8.1's): `nnunet` "
+        "(PlainConvUNet, the default 3d_fullres/2d network), `nnunet_resenc_m/l/xl` (ResidualEncoderUNet; the three "
+        "presets are one network at a given patch and differ in the patch and batch their planners choose, "
+        "docs/NNUNET.md), and MONAI's `dynunet` with the same kernels, strides and features. All take "
+        "`--deep_supervision`."
+    ),
     "modality": (
         "modality comparison at size s: single-branch U-Nets reading two or four concatenated modalities "
         "(`unet3d_2modal_s`, `unet3d_4modal_s`) against two or four single-modality branches, the four "

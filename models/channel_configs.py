@@ -45,3 +45,21 @@ MOBILE_UNETR_CONFIGS = {
 DUALBRANCH_CHANNELS = doubling((8, 16, 32, 64, 128))
 # MobileViT blocks inside them: transformer width = stage width, layers, heads, patch edge.
 DUALBRANCH_MVIT = {"depth": 2, "heads": 4, "patch_size": 2}
+
+# nnU-Net v2 (models/nnunet.py; nnunetv2 2.8.1's ExperimentPlanner and ResEnc planners): features start at 32 and
+# double per stage, capped at 320 in 3D and 512 in 2D; the coarsest feature map keeps an edge >= 4 voxels. The
+# default network (PlainConvUNet) has 2 convolutions per stage in the encoder and in the decoder; the residual
+# encoder presets (ResidualEncoderUNet) have 1-3-4-6-6-6-... basic blocks per encoder stage and 1 convolution per
+# decoder stage. M, L and XL share this topology: their planners differ in the GPU-memory target (8, 24, 40 GB) and
+# so in the patch and batch they choose (docs/NNUNET.md), not in the network built for a given patch.
+NNUNET_CONFIG = {
+    "base_features": 32,
+    "max_features": {"2d": 512, "3d": 320},
+    "min_feature_map_edge": 4,
+    "plain_convs_per_stage": 2,
+    "plain_decoder_convs_per_stage": 2,
+    "resenc_blocks_per_stage": (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6),
+    "resenc_decoder_convs_per_stage": 1,
+}
+# The ResEnc presets: the planner's GPU-memory target in GB (nnUNetPlannerResEncM/L/XL).
+NNUNET_RESENC_PRESETS = {"m": 8, "l": 24, "xl": 40}

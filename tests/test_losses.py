@@ -17,7 +17,7 @@ def logits_and_target(shape=(2, 6, 7, 5), seed=0) -> tuple[torch.Tensor, torch.T
     return logits, target
 
 
-@pytest.mark.parametrize("kind", ["nnunet", "standard"])
+@pytest.mark.parametrize("kind", ["nnunet", "standard", "nnunet_v2"])
 def test_weighted_sum_of_separate_dice_and_ce(kind):
     logits, target = logits_and_target()
     dice = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True)(logits, target[:, None])
@@ -28,7 +28,7 @@ def test_weighted_sum_of_separate_dice_and_ce(kind):
 
 
 def test_default_is_nnunet_weights():
-    assert LOSS_WEIGHTS == {"nnunet": (0.7, 0.3), "standard": (0.5, 0.5)}
+    assert LOSS_WEIGHTS == {"nnunet": (0.7, 0.3), "standard": (0.5, 0.5), "nnunet_v2": (1.0, 1.0)}
     loss = make_loss()
     assert (loss.dice_weight, loss.ce_weight) == (0.7, 0.3)
     logits, target = logits_and_target(seed=1)

@@ -21,16 +21,18 @@ class RegionDiceBCELoss(nn.Module):
     """``dice_weight * (1 - soft Dice) + bce_weight * BCE`` over the region channels (sigmoid outputs).
 
     The Dice term is MONAI's :class:`~monai.losses.DiceLoss` with ``sigmoid=True`` over every region, pooled over the
-    batch (``batch=True``, nnU-Net's batch Dice), smoothing 1e-5; BCE is ``BCEWithLogitsLoss`` averaged over voxels
-    and regions (nnU-Net's ``DC_and_BCE_loss``). ``forward(logits (B, R, *S), label int (B, *S))``.
+    batch (``batch=True``, nnU-Net's batch Dice; per sample with ``batch_dice=False``), smoothing 1e-5; BCE is
+    ``BCEWithLogitsLoss`` averaged over voxels and regions (nnU-Net's ``DC_and_BCE_loss``).
+    ``forward(logits (B, R, *S), label int (B, *S))``.
     """
 
-    def __init__(self, dice_weight: float, bce_weight: float, scheme: LabelScheme = CLASSIC) -> None:
+    def __init__(self, dice_weight: float, bce_weight: float, scheme: LabelScheme = CLASSIC,
+                 batch_dice: bool = True) -> None:
         super().__init__()
         if dice_weight < 0 or bce_weight < 0 or dice_weight + bce_weight == 0:
             raise ValueError(f"loss weights must be >= 0 and not both 0, got dice {dice_weight}, bce {bce_weight}")
         self.dice_weight, self.bce_weight, self.scheme = dice_weight, bce_weight, scheme
-        self.dice = DiceLoss(sigmoid=True, batch=True, include_background=True)
+        self.dice = DiceLoss(sigmoid=True, batch=batch_dice, include_background=True)
         self.bce = nn.BCEWithLogitsLoss()
         self._tables: dict[torch.device, torch.Tensor] = {}  # the region table per device: one copy, not one a step
 

@@ -177,8 +177,10 @@ class UnitTrainer:
     # ------------------------------------------------------------------ hooks
     def build_loss(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The training loss, called as ``loss(logits float32 (B, K, *spatial), label int64 (B, *spatial))``: Dice +
-        cross-entropy over the classes, or with ``--region_based`` Dice + BCE over the regions."""
-        return make_loss(self.cfg.loss, self.cfg.region_based, self.dataset.scheme)
+        cross-entropy over the classes, or with ``--region_based`` Dice + BCE over the regions; with
+        ``--deep_supervision`` ``logits`` is the model's list of scales (``training.deep_supervision``)."""
+        return make_loss(self.cfg.loss, self.cfg.region_based, self.dataset.scheme, batch_dice=self.cfg.batch_dice,
+                         deep_supervision=self.cfg.deep_supervision)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         """AdamW (fused on CUDA), or with ``--optimizer sgd`` nnU-Net's SGD: Nesterov, momentum 0.99."""
@@ -214,7 +216,8 @@ class UnitTrainer:
     def _build(self) -> None:
         cfg, ctx = self.cfg, self.ctx
         set_seed(self.key.seed, cfg.deterministic)  # identical initial weights on every rank
-        self.model = get_model(self.model_name, cfg.dim, cfg.spatial_patch, cfg.output_channels())
+        self.model = get_model(self.model_name, cfg.dim, cfg.spatial_patch, cfg.output_channels(),
+                               deep_supervision=cfg.deep_supervision)
         if cfg.use_pretrained:
             path = Path(cfg.pretrained_dir) / f"{self.model_name}.pth"
             report = load_pretrained(self.model, path)
@@ -231,8 +234,11 @@ class UnitTrainer:
             torch.backends.cudnn.benchmark = not cfg.deterministic  # autotuned 3D convolutions
         self.train_module: nn.Module = self.model
         if ctx.distributed:
+            # a model with heads at several scales leaves some unused in a step (all but the full resolution
+            # without deep supervision; the lowest, weighted 0, with it): DDP must be told
             self.train_module = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=model_spec(self.model_name).deep_supervision)
         if cfg.compile:
             self.train_module = torch.compile(self.train_module)
         # validation predicts as the test does (same settings; the live weights, compiled with --compile)
@@ -288,7 +294,9 @@ class UnitTrainer:
                  self.best.best_val_dice, self.best.best_epoch)
 
     # ------------------------------------------------------------------ one epoch
-    def compute_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def compute_loss(self, logits: torch.Tensor | list[torch.Tensor], label: torch.Tensor) -> torch.Tensor:
+        if isinstance(logits, (list, tuple)):  # deep supervision: the scales from full resolution down
+            return self.loss_fn([x.float() for x in logits], label)
         return self.loss_fn(logits.float(), label)
 
     def train_step(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
