@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.stats import norm
@@ -132,3 +134,71 @@ def test_sampling_matches_nnunets_data_loader(cache: PreprocessedCache, nnunet_c
         # ... and so does nnU-Net's batch rule with a voxel drawn over all tumour voxels instead of a class first
         by_voxel = suite_counts(cache, "nnunet", (CLASSES,), CLASSES)
         assert outside_interval(by_voxel, theirs, N_BATCHES), (by_voxel.tolist(), theirs.tolist())
+
+
+# --------------------------------------------------------------------------------------------- preprocessing
+NNUNET_PREPROCESSING = """
+import numpy as np
+from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
+from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
+
+raw = np.load(ARGS["raw"])
+out, boxes = {}, {}
+for key in ARGS["cases"]:
+    # DefaultPreprocessor.run_case_npy: float32, crop to the non-zero region, then each channel z-scored within
+    # seg >= 0 (use_mask_for_norm, as nnU-Net plans BraTS); resampling is the identity at BraTS's 1 mm
+    data, seg, bbox = crop_to_nonzero(raw[key + "_img"].astype(np.float32), raw[key + "_seg"][None].astype(np.int16))
+    for c in range(data.shape[0]):
+        data[c] = ZScoreNormalization(use_mask_for_norm=True, intensityproperties={}).run(data[c], seg[0])
+    out[key + "_img"], out[key + "_seg"] = data, seg
+    boxes[key] = [[int(a), int(b)] for a, b in bbox]
+np.savez(ARGS["out"], **out)
+print(json.dumps(boxes))
+"""
+
+
+def nnunet_preprocessed(cache: PreprocessedCache, folder: Path) -> tuple[dict, dict]:
+    """nnU-Net's preprocessing of the cache's cases from their source files: (boxes, arrays)."""
+    from brats_data.cases import read_case
+
+    raw = {}
+    for cid in cache.case_ids:
+        case = read_case(cache.cases[cid])
+        raw[cid + "_img"], raw[cid + "_seg"] = case.image, case.label
+    np.savez(folder / "raw.npz", **raw)
+    boxes = run_in_nnunet(NNUNET_PREPROCESSING, {"raw": str(folder / "raw.npz"), "out": str(folder / "out.npz"),
+                                                 "cases": cache.case_ids})
+    return boxes, dict(np.load(folder / "out.npz"))
+
+
+def test_preprocessing_matches_nnunets_crop_and_zscore(cache: PreprocessedCache, tmp_path: Path) -> None:
+    """Same crop box and brain mask; the suite's z-scoring without its percentile clipping equals nnU-Net's to
+    1e-5; the cache (clipped at the 0.5/99.5 percentiles, float16) differs by a measured, bounded amount."""
+    from brats_data.cases import normalize_modality, read_case
+
+    boxes, theirs = nnunet_preprocessed(cache, tmp_path)
+    for cid in cache.case_ids:
+        box = tuple(slice(a, b) for a, b in boxes[cid])
+        assert [list(b) for b in cache.meta(cid)["bbox"]] == boxes[cid]
+        ref, seg = theirs[cid + "_img"], theirs[cid + "_seg"][0]
+        inside = seg >= 0
+        assert np.array_equal(np.asarray(cache.mask(cid)).astype(bool), inside)  # no tumour outside the brain here
+        raw = read_case(cache.cases[cid]).image[(slice(None), *box)]
+        unclipped = np.stack([normalize_modality(v, percentiles=(0.0, 100.0)) for v in raw])
+        np.testing.assert_allclose(unclipped, ref, rtol=0, atol=1e-5)
+        cached = np.asarray(cache.image(cid)).astype(np.float32)
+        diff = np.abs(cached - ref)
+        assert not diff[:, ~inside].any()  # both 0 outside the brain
+        clipped = np.stack([normalize_modality(v) for v in raw])
+        # what remains is float16 rounding (half a unit in the last place, 2^-11 relative) ...
+        assert np.all(np.abs(cached - clipped) <= np.abs(clipped) * 2.0 ** -11 + 2.0 ** -25)
+        # ... and the clipping: voxels inside the percentiles get the affine map of nnU-Net's value given by the
+        # clipped mean and std (a residual of float32 rounding), the tails are clipped
+        for c in range(len(raw)):
+            values = raw[c][inside]
+            lo, hi = np.percentile(values[values != 0], [0.5, 99.5])
+            within = inside & (raw[c] >= lo) & (raw[c] <= hi)
+            a, b = np.polyfit(ref[c][within], clipped[c][within], 1)
+            assert np.abs(a * ref[c][within] + b - clipped[c][within]).max() < 1e-4
+            assert abs(a - 1) > 1e-3  # a real difference: the clipped std is smaller
+            assert np.all(np.abs(clipped[c][inside & ~within]) < np.abs(ref[c][inside & ~within]) * a + abs(b) + 1e-4)
