@@ -202,3 +202,126 @@ def test_preprocessing_matches_nnunets_crop_and_zscore(cache: PreprocessedCache,
             assert np.abs(a * ref[c][within] + b - clipped[c][within]).max() < 1e-4
             assert abs(a - 1) > 1e-3  # a real difference: the clipped std is smaller
             assert np.all(np.abs(clipped[c][inside & ~within]) < np.abs(ref[c][inside & ~within]) * a + abs(b) + 1e-4)
+
+
+# --------------------------------------------------------------------------------------------- inference
+NET_SOURCE = """
+import torch
+from torch import nn
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+def build_net(num_classes=4):
+    # a small nnU-Net-style network, built the same way in both environments (same package version)
+    return PlainConvUNet(4, 3, [8, 16, 32], nn.Conv3d, 3, [1, 2, 2], 2, num_classes, 2, conv_bias=True,
+                         norm_op=nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                         nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}).eval()
+"""
+
+NNUNET_INFERENCE = NET_SOURCE + """
+import time
+import types
+from types import SimpleNamespace
+import numpy as np
+import nnunetv2.inference.predict_from_raw_data as pfr
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+torch.set_num_threads(1)
+if ARGS.get("float32"):  # diagnosis only: nnU-Net's accumulators and Gaussian in float32 instead of float16
+    class _Torch(types.ModuleType):
+        half = torch.float32
+        def __getattr__(self, name):
+            return getattr(torch, name)
+    pfr.torch = _Torch("torch")
+    _gaussian = pfr.compute_gaussian
+    pfr.compute_gaussian = lambda *a, **k: _gaussian(*a, **{**k, "dtype": torch.float32})
+net = build_net()
+state = torch.load(ARGS["weights"])
+predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                            perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
+predictor.network, predictor.list_of_parameters = net, [state]
+predictor.configuration_manager = SimpleNamespace(patch_size=list(ARGS["patch"]))
+predictor.label_manager = LabelManager({"background": 0, "a": 1, "b": 2, "c": 3}, regions_class_order=None)
+predictor.allowed_mirroring_axes = (0, 1, 2)
+images = np.load(ARGS["images"])
+out, seconds = {}, []
+for rep in range(ARGS.get("repeats", 1)):
+    for key in images.files:
+        t0 = time.perf_counter()
+        logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(images[key]))
+        probs = predictor.label_manager.apply_inference_nonlin(logits)
+        seconds.append(time.perf_counter() - t0)
+        out[key] = probs.numpy()
+np.savez(ARGS["out"], **out)
+print(json.dumps({"seconds": seconds}))
+"""
+
+
+def build_net():
+    namespace: dict = {}
+    exec(NET_SOURCE, namespace)
+    return namespace["build_net"]()
+
+
+def parity_weights(path: Path) -> None:
+    """Seeded weights with a sharpened last layer (logits of several units, so that the probabilities are not
+    all near 1/4 and a difference shows)."""
+    import torch
+
+    torch.manual_seed(0)
+    net = build_net()
+    with torch.no_grad():
+        last = net.decoder.seg_layers[-1]
+        last.weight.mul_(30.0)
+        last.bias.copy_(torch.tensor([0.5, -0.5, 0.2, -0.2]))
+    torch.save(net.state_dict(), path)
+
+
+def suite_probabilities(images: dict, weights: Path, patch, blending: str = "nnunet") -> tuple[dict, list]:
+    import time
+
+    import torch
+
+    from inference.predictor import InferenceSettings, Predictor
+
+    net = build_net()
+    net.load_state_dict(torch.load(weights))
+    settings = InferenceSettings("3d", tuple(patch), overlap=0.5, sw_batch_size=1, blending=blending, mirror=True)
+    predictor = Predictor.from_model(net, None, settings)
+    out, seconds = {}, []
+    for key, image in images.items():
+        t0 = time.perf_counter()
+        out[key] = predictor.probabilities(image).numpy()
+        seconds.append(time.perf_counter() - t0)
+    return out, seconds
+
+
+INFER_PATCH = (32, 24, 24)  # Z larger than the cases' crops (25-28): padding; several tiles along Y and X
+
+
+def test_inference_matches_nnunet_predictor(cache: PreprocessedCache, tmp_path: Path) -> None:
+    """Same weights, sliding window with step 0.5, Gaussian, mirroring on all axes, 3 cases: the suite's Predictor
+    with ``blending="nnunet"`` equals nnUNetPredictor's probabilities to 1e-4 when nnU-Net's float16 accumulators
+    (logits, Gaussian weights) are float32, the only change. As nnU-Net ships them, their float16 rounding (weighted
+    logits in float16 subnormals where the summed Gaussian weight is small: tile borders, padded axes) differs by a
+    measured amount; the suite's MONAI-based Gaussian mode differs more."""
+    weights, images_file = tmp_path / "net.pt", tmp_path / "images.npz"
+    parity_weights(weights)
+    images = {cid: np.asarray(cache.image(cid)).astype(np.float32) for cid in cache.case_ids}
+    np.savez(images_file, **images)
+    ours, _ = suite_probabilities(images, weights, INFER_PATCH)
+    diffs = {}
+    for label, fp32 in (("float32", True), ("shipped", False)):
+        run_in_nnunet(NNUNET_INFERENCE, {"weights": str(weights), "images": str(images_file), "patch": INFER_PATCH,
+                                         "out": str(tmp_path / f"{label}.npz"), "float32": fp32})
+        theirs = np.load(tmp_path / f"{label}.npz")
+        diffs[label] = np.concatenate([np.abs(ours[k] - theirs[k]).max(0).ravel() for k in images])
+    spread = max(float(np.ptp(p, axis=0).max()) for p in ours.values())
+    assert spread > 0.5, spread  # the probabilities really vary across classes
+    assert diffs["float32"].max() < 1e-4, diffs["float32"].max()
+    shipped = diffs["shipped"]
+    assert shipped.max() < 0.25 and np.mean(shipped > 1e-3) < 0.05, (shipped.max(), np.mean(shipped > 1e-3))
+    theirs = np.load(tmp_path / "shipped.npz")
+    monai, _ = suite_probabilities(images, weights, INFER_PATCH, blending="gaussian")
+    monai_diff = np.concatenate([np.abs(monai[k] - theirs[k]).max(0).ravel() for k in images])
+    assert np.mean(monai_diff > 1e-3) > 2 * np.mean(shipped > 1e-3)
