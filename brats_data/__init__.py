@@ -32,14 +32,17 @@ from .cases import (
     validate_case,
 )
 from .dataset_json import DatasetJsonError
-from .datasets import PatchDataset, SliceDataset, modality_indices
+from .datasets import OUTSIDE_LABEL, SAMPLINGS, BatchPositionSampler, PatchDataset, SliceDataset, modality_indices
 from .splits import make_splits
 from .synthetic import generate_synthetic_dataset
 
 __all__ = [
     "DATASET_VERSIONS",
     "MODALITIES",
+    "OUTSIDE_LABEL",
+    "SAMPLINGS",
     "BadCaseError",
+    "BatchPositionSampler",
     "CaseRecord",
     "DatasetJsonError",
     "PatchDataset",

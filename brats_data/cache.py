@@ -1,8 +1,10 @@
 """Preprocessed per-case cache: normalised float16 volumes cropped to brain + tumour, memory-mapped.
 
 Layout: ``{cache_dir}/{case_id}/image.npy`` (float16, (4, Z, Y, X), canonical modalities),
-``label.npy`` (uint8 model classes), ``fg.npy`` (int32 (N, 3) coordinates of label > 0 voxels in the
-crop, at most ``MAX_FOREGROUND_POINTS`` evenly subsampled) and ``meta.json``.  A case is rebuilt when
+``label.npy`` (uint8 model classes), ``fg.npy`` (int32 (N, 3) coordinates of the foreground voxels in the
+crop, class by class (1, 2, ...), at most ``MAX_FOREGROUND_POINTS`` per class evenly subsampled; how many
+of each class: ``meta.json``'s ``fg_points``), ``mask.npy`` (uint8 brain mask: nnU-Net's non-zero mask,
+any modality != 0 with holes filled) and ``meta.json``.  A case is rebuilt when
 its key changes: a hash of the source paths, sizes and mtimes, the preprocessing parameters and
 ``CACHE_VERSION``.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from scipy.ndimage import binary_fill_holes
 from tqdm import tqdm
 
 from .cases import (
@@ -36,15 +39,19 @@ from .cases import (
 )
 from .locking import file_lock
 
-CACHE_VERSION = 1  # part of every case's key: bump it when the preprocessing changes
+CACHE_VERSION = 2  # part of every case's key: bump it when the preprocessing changes
 MAX_FOREGROUND_POINTS = 100_000
 PREPROCESSING = {
     "clip_percentiles": list(CLIP_PERCENTILES),
     "image_dtype": "float16",
     "crop": "bbox(any modality != 0 or label > 0)",
     "max_foreground_points": MAX_FOREGROUND_POINTS,
+    "foreground_points": "per class",
+    "brain_mask": "fill_holes(any modality != 0)",
 }
-FILES = CACHE_FILES  # case discovery (cases.is_data_folder) recognises a cache by them and its lock
+# a cached case's files; case discovery (cases.is_data_folder) recognises a cache by CACHE_FILES (those every
+# cache version has) and its lock
+FILES = (*CACHE_FILES, "mask.npy")
 
 
 def case_key(case: CaseRecord) -> str:
@@ -72,6 +79,22 @@ def crop_box(image: np.ndarray, label: np.ndarray) -> tuple[slice, slice, slice]
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
         box.append(slice(int(hit[0]), int(hit[-1]) + 1))
     return tuple(box)
+
+
+def brain_mask(image: np.ndarray) -> np.ndarray:
+    """nnU-Net's non-zero mask of an image (C, Z, Y, X): any channel != 0, holes filled
+    (``nnunetv2.preprocessing.cropping.cropping.create_nonzero_mask``); bool (Z, Y, X)."""
+    return binary_fill_holes((np.asarray(image) != 0).any(axis=0))
+
+
+def foreground_points(label: np.ndarray, num_classes: int, limit: int = MAX_FOREGROUND_POINTS
+                      ) -> tuple[np.ndarray, list[int]]:
+    """The (N, 3) int32 coordinates of the voxels of classes 1 .. num_classes - 1, class by class, each class
+    evenly subsampled to at most ``limit`` points (a class present keeps at least one), and the number of
+    points of each class (index 0, background: 0)."""
+    parts = [_subsample(np.argwhere(label == c).astype(np.int32), limit) for c in range(1, num_classes)]
+    points = np.concatenate(parts) if parts else np.zeros((0, 3), np.int32)
+    return points.reshape(-1, 3), [0] + [len(p) for p in parts]
 
 
 def _subsample(points: np.ndarray, limit: int) -> np.ndarray:
@@ -110,7 +133,8 @@ def build_case(case: CaseRecord, cache_dir: str | Path) -> None:
     raw = read_case(case)
     image, box = preprocess_image(raw.image, raw.label)
     label = np.ascontiguousarray(raw.label[box])
-    foreground = _subsample(np.argwhere(label > 0).astype(np.int32), MAX_FOREGROUND_POINTS)
+    foreground, fg_points = foreground_points(label, case.dataset.num_classes)
+    mask = np.ascontiguousarray(brain_mask(raw.image)[box]).astype(np.uint8)
     meta = {
         "case_id": case.case_id,
         "key": key,
@@ -123,6 +147,7 @@ def build_case(case: CaseRecord, cache_dir: str | Path) -> None:
         "source_files": {name: str(p) for name, p in zip((*case.image_paths, "seg"), case.files())},
         "n_foreground": int((label > 0).sum()),
         "class_voxels": np.bincount(label.reshape(-1), minlength=case.dataset.num_classes).tolist(),
+        "fg_points": fg_points,
         "cache_version": CACHE_VERSION,
     }
     tmp = cache_dir / f".tmp-{case.case_id}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -131,6 +156,7 @@ def build_case(case: CaseRecord, cache_dir: str | Path) -> None:
         np.save(tmp / "image.npy", image)
         np.save(tmp / "label.npy", label)
         np.save(tmp / "fg.npy", foreground)
+        np.save(tmp / "mask.npy", mask)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         final = cache_dir / case.case_id
         if final.exists():  # stale: move aside, then swap in the new folder
@@ -276,8 +302,18 @@ class PreprocessedCache:
         return self._load(case_id, "label.npy")
 
     def foreground(self, case_id: str) -> np.ndarray:
-        """(N, 3) int32 (z, y, x) coordinates of label > 0 voxels in the crop (N may be 0)."""
+        """(N, 3) int32 (z, y, x) coordinates of label > 0 voxels in the crop (N may be 0), class by class:
+        the first ``foreground_points(case_id)[1]`` are class 1, the next ``[2]`` class 2, and so on."""
         return self._load(case_id, "fg.npy")
+
+    def foreground_points(self, case_id: str) -> list[int]:
+        """How many of :meth:`foreground`'s points belong to each class (index 0, background: 0)."""
+        return [int(n) for n in self.meta(case_id)["fg_points"]]
+
+    def mask(self, case_id: str) -> np.ndarray:
+        """(Z, Y, X) uint8 brain mask (1 inside), cropped, memory-mapped: nnU-Net's non-zero mask (any modality
+        != 0, holes filled), the region its z-scoring and its training augmentation (image 0 outside) use."""
+        return self._load(case_id, "mask.npy")
 
     def meta(self, case_id: str) -> dict:
         """The case's ``meta.json``: case_id, key, spacing, original_shape, bbox, affine, source_files."""

@@ -44,6 +44,7 @@ _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 CACHE_FOLDER = "preprocessed"
 CACHE_LOCK = ".lock"  # in every cache folder (held while it is built)
 CACHE_FILES: tuple[str, ...] = ("image.npy", "label.npy", "fg.npy", "meta.json")  # in each cached case's folder
+# (every cache version; version 2 adds mask.npy: brats_data.cache.FILES)
 
 
 class BadCaseError(ValueError):

@@ -44,6 +44,7 @@ LOSSES = ("nnunet", "standard", "nnunet_v2")
 RECIPE_NAMES = ("nnunet",)
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTATIONS = ("flips", "nnunet")
+SAMPLINGS = ("nnunet", "voxel")  # brats_data.datasets.SAMPLINGS
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-5, "sgd": 3e-5}
 N_FOLDS = 5  # --use_5fold
@@ -210,6 +211,10 @@ class ExperimentConfig:
                                "rotation, scaling, noise, blur, brightness, contrast, low resolution, gamma and "
                                "mirroring, batched on the device (README 'Training recipe')", group="training",
                                choices=AUGMENTATIONS)
+    sampling: str = option("nnunet", "patch sampling: nnunet: nnU-Net v2's (the last 33%% of every batch centred on a "
+                           "voxel of a class, or region with --region_based, chosen uniformly among those present; "
+                           "nnU-Net's crop bounds); voxel: the suite's earlier one (each patch with probability 1/3 "
+                           "on a voxel drawn over all tumour voxels)", group="training", choices=SAMPLINGS)
     region_based: bool = option(False, "train the data set's regions (BraTS: WT, TC, ET) with sigmoid outputs and "
                                 "Dice + BCE; labels painted back in nnU-Net's order", group="training", negatable=True)
     postprocess: bool = option(False, "after training, choose on the unit's validation cases an ET-volume threshold "
@@ -269,7 +274,8 @@ class ExperimentConfig:
             raise ValueError(f"--dim must be 2d or 3d, got {self.dim!r}")
         choices = {"dataset_version": DATASET_VERSIONS, "loss": LOSSES, "amp": AMP_MODES,
                    "sharing_strategy": ("file_descriptor", "file_system"), "synthetic_task": SYNTHETIC_TASKS,
-                   "optimizer": OPTIMIZERS, "augmentation": AUGMENTATIONS, "tracker": TRACKERS}
+                   "optimizer": OPTIMIZERS, "augmentation": AUGMENTATIONS, "tracker": TRACKERS,
+                   "sampling": SAMPLINGS}
         if self.recipe is not None and self.recipe not in RECIPE_NAMES:
             raise ValueError(f"--recipe must be one of {', '.join(RECIPE_NAMES)}, got {self.recipe!r}")
         for name, allowed in choices.items():
@@ -571,6 +577,7 @@ def load_run_config(run_dir: str | Path, **overrides: Any) -> ExperimentConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no {CONFIG_JSON} there; is it a run folder?")
     saved = read_json(path)["config"]
+    saved.setdefault("sampling", "voxel")  # runs made before --sampling sampled so
     unknown = sorted(set(overrides) - set(RUNTIME_FIELDS))
     if unknown:
         raise ValueError(f"cannot override {', '.join(unknown)} of the run in {run_dir}: it defines the experiment "

@@ -172,17 +172,28 @@ def training_budget(cfg: ExperimentConfig, n_train: int, world_size: int) -> dic
 
 def build_train_loader(
     cfg: ExperimentConfig, cache: Any, case_ids: Sequence[str], modalities: Sequence[str], seed: int,
-    ctx: du.DistContext, *, patch: Sequence[int] | None = None, flips: bool = True,
-) -> tuple[DataLoader, DistributedSampler, Any]:
-    """Loader of training patches (3D) or slices (2D), sharded by a DistributedSampler (also in one process).
+    ctx: du.DistContext, *, patch: Sequence[int] | None = None, flips: bool = True, brain_mask: bool = False,
+) -> tuple[DataLoader, brats_data.BatchPositionSampler, Any]:
+    """Loader of training patches (3D) or slices (2D), sharded by a DistributedSampler (also in one process),
+    each index handed over with its position in the global batch (``--sampling nnunet`` forces foreground on
+    the last third of it, nnU-Net's rule, whatever the workers and ranks).
 
     ``patch`` (default the run's) is the region the loader crops: larger than the training patch when an
-    augmentation on the device cuts the patch from its centre; ``flips``: random flips in the loader."""
+    augmentation on the device cuts the patch from its centre; ``flips``: random flips in the loader;
+    ``brain_mask``: background outside the brain mask labelled ``brats_data.OUTSIDE_LABEL`` (for an augmentation
+    that zeroes the image there)."""
     n_samples = samples_per_epoch(cfg, len(case_ids), ctx.world_size)
     cls = brats_data.SliceDataset if cfg.dim == "2d" else brats_data.PatchDataset
+    fg_classes = None
+    if cfg.region_based:  # nnU-Net chooses among the regions present in region-based training
+        scheme = cfg.dataset_def().scheme
+        fg_classes = [scheme.region_classes[key] for key, _ in scheme.region_order]
     dataset = cls(cache, list(case_ids), list(modalities), tuple(patch or cfg.spatial_patch),
-                  samples_per_epoch=n_samples, flips=flips, seed=seed)
-    sampler = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+                  samples_per_epoch=n_samples, flips=flips, seed=seed, sampling=cfg.sampling,
+                  final_patch=tuple(cfg.spatial_patch), batch_size=cfg.batch_size * ctx.world_size,
+                  fg_classes=fg_classes, brain_mask=brain_mask)
+    shards = DistributedSampler(dataset, num_replicas=ctx.world_size, rank=ctx.rank, shuffle=True, seed=seed)
+    sampler = brats_data.BatchPositionSampler(shards, cfg.batch_size, ctx.rank)
     workers = cfg.num_workers
     # an enlarged region (--augmentation nnunet: 205^3 for a 128^3 patch, ~290 MB a batch of 2 with 4 channels
     # and the uint8 label) queues 2 batches per worker, not 4: with 8 workers ~4.7 GB of shared memory per

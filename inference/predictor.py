@@ -43,7 +43,8 @@ from utils.regions import paint_regions
 from utils.runtime import autocast_context
 
 SLICES_PER_FORWARD = 32  # 2D: axial slices handed to the sliding window at once
-BLENDINGS = ("cosine", "gaussian", "constant")  # cosine: this suite's window; the others are MONAI's modes
+BLENDINGS = ("cosine", "gaussian", "constant", "nnunet")  # cosine: this suite's window; gaussian, constant: MONAI's
+# modes; nnunet: nnU-Net v2's nnUNetPredictor (its tile steps and Gaussian, logits averaged over mirrorings and members)
 
 
 # ----------------------------------------------------------------------------- the window
@@ -84,6 +85,75 @@ def sliding_window_predict(
     if any(pad):
         index = [slice(None), slice(None)] + [slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial)]
         logits = logits[tuple(index)]
+    return logits
+
+
+def nnunet_gaussian(tile: Sequence[int], sigma_scale: float = 1.0 / 8) -> torch.Tensor:
+    """nnU-Net v2's tile weight (``compute_gaussian``): a unit impulse at voxel ``t // 2`` blurred by scipy's
+    ``gaussian_filter`` (sigma ``t / 8``, zero outside), scaled to a maximum of 1 (nnU-Net: 10; the scale cancels),
+    its zeros raised to its smallest non-zero value; float32 (nnU-Net keeps it in float16)."""
+    from scipy.ndimage import gaussian_filter
+
+    impulse = np.zeros(tuple(int(t) for t in tile))
+    impulse[tuple(int(t) // 2 for t in tile)] = 1.0
+    weight = gaussian_filter(impulse, [t * sigma_scale for t in tile], 0, mode="constant", cval=0)
+    weight = torch.from_numpy(weight / weight.max()).float()
+    zero = weight == 0
+    if zero.any():
+        weight[zero] = weight[~zero].min()
+    return weight
+
+
+def nnunet_steps(size: int, tile: int, step: float) -> list[int]:
+    """nnU-Net v2's tile starts along one axis (``compute_steps_for_sliding_window``): as many tiles as a stride of
+    ``tile x step`` needs to cover ``size``, spread evenly from 0 to ``size - tile`` and rounded."""
+    n = int(np.ceil((size - tile) / (tile * step))) + 1
+    stride = (size - tile) / (n - 1) if n > 1 else 0.0
+    return [int(np.round(stride * i)) for i in range(n)]
+
+
+def nnunet_sliding_window(model: nn.Module, image: torch.Tensor, roi_size: Sequence[int], step: float = 0.5,
+                          sw_batch_size: int = 2, amp: str = "none", mirror: Sequence[tuple[int, ...]] = ((),),
+                          weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits of ``image`` (B, C, *spatial) as nnU-Net v2's ``predict_sliding_window_return_logits``: zero-padded
+    (centred) to the tile where smaller, tiles at :func:`nnunet_steps`, each tile's logits averaged over the
+    ``mirror`` flips of its spatial axes (0-based; ``()`` the identity) and weighted by :func:`nnunet_gaussian`, the
+    weighted sum divided by the summed weights; float32 throughout (nnU-Net accumulates in float16)."""
+    roi = tuple(int(r) for r in roi_size)
+    spatial = tuple(image.shape[2:])
+    pad = [max(r - s, 0) for r, s in zip(roi, spatial)]
+    if any(pad):
+        flat = []
+        for p in reversed(pad):
+            flat += [p // 2, p - p // 2]
+        image = torch.nn.functional.pad(image, flat)
+    size = tuple(image.shape[2:])
+    weight = (nnunet_gaussian(roi) if weight is None else weight).to(image.device)
+    starts = list(itertools.product(*[nnunet_steps(s, r, step) for s, r in zip(size, roi)]))
+    batch = image.shape[0]
+    per_forward = max(1, sw_batch_size // batch)
+    logits = counts = None
+    with torch.no_grad(), autocast_context(image.device, amp)():
+        for first in range(0, len(starts), per_forward):
+            group = starts[first:first + per_forward]
+            boxes = [(slice(None), slice(None), *[slice(a, a + r) for a, r in zip(corner, roi)]) for corner in group]
+            x = torch.cat([image[box] for box in boxes])
+            out = None
+            for axes in mirror:
+                dims = [a + 2 for a in axes]
+                y = model(x.flip(dims) if dims else x).float()
+                y = y.flip(dims) if dims else y
+                out = y if out is None else out.add_(y)
+            out = out / len(mirror)
+            if logits is None:
+                logits = torch.zeros((batch, out.shape[1], *size), dtype=torch.float32, device=image.device)
+                counts = torch.zeros(size, dtype=torch.float32, device=image.device)
+            for k, box in enumerate(boxes):
+                logits[box] += out[k * batch:(k + 1) * batch] * weight
+                counts[box[2:]] += weight
+    logits /= counts
+    if any(pad):
+        logits = logits[(slice(None), slice(None), *[slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial)])]
     return logits
 
 
@@ -199,6 +269,8 @@ class Predictor:
         self.members, self.settings = list(members), settings
         self._postprocess = postprocess
         self._weight_map = cosine_weight_map(settings.patch).to(settings.device)
+        self._nnunet_weight = nnunet_gaussian(settings.patch).to(settings.device) if settings.blending == "nnunet" \
+            else None
 
     @classmethod
     def from_model(cls, model: nn.Module, modalities: Sequence[str] | None, settings: InferenceSettings,
@@ -238,10 +310,19 @@ class Predictor:
         x = image if member.channels is None else image[member.channels]
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.settings.device)
 
-    def _volume_logits(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def _volume_logits(self, net: nn.Module, x: torch.Tensor, mirror: Sequence[tuple[int, ...]] = ((),)
+                       ) -> torch.Tensor:
         """Logits (K, Z, Y, X) of a volume ``x`` (C, Z, Y, X) on the device: 3D sliding window, or 2D windows
-        over batches of axial slices (at least :data:`SLICES_PER_FORWARD` slices at once)."""
+        over batches of axial slices (at least :data:`SLICES_PER_FORWARD` slices at once). ``mirror`` (blending
+        ``nnunet`` only): the flips of the window's spatial axes whose logits each tile averages."""
         s = self.settings
+        if s.blending == "nnunet":
+            if s.dim == "3d":
+                return nnunet_sliding_window(net, x[None], s.patch, 1.0 - s.overlap, s.sw_batch_size, s.amp,
+                                             mirror, self._nnunet_weight)[0]
+            slices = x.permute(1, 0, 2, 3)
+            return nnunet_sliding_window(net, slices, s.patch, 1.0 - s.overlap, s.sw_batch_size, s.amp, mirror,
+                                         self._nnunet_weight).permute(1, 0, 2, 3)
         if s.dim == "3d":
             return sliding_window_predict(net, x[None], s.patch, s.overlap, s.sw_batch_size, s.amp,
                                           self._weight_map, s.blending)[0]
@@ -277,6 +358,8 @@ class Predictor:
         region-based members the sigmoid of each region of ``region_order``."""
         if self.single_forward:
             return self._activate(self.logits(image))
+        if self.settings.blending == "nnunet":  # nnU-Net: logits averaged over mirrorings and members, then activated
+            return self._activate(self.nnunet_logits(image))
         flips = mirror_axes(self.settings.dim) if self.settings.mirror else [()]
         total, inputs = None, {}
         for member in self.members:
@@ -290,6 +373,24 @@ class Predictor:
                 p = p.flip(axes) if axes else p
                 total = p if total is None else total.add_(p)
         return total / (len(self.members) * len(flips))
+
+    def nnunet_logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Blending ``nnunet``: logits (K, Z, Y, X) averaged over members, each tile's over its mirrorings (with
+        ``mirror``: every subset of the window's spatial axes), as nnU-Net v2's ``nnUNetPredictor``."""
+        if self.settings.blending != "nnunet":
+            raise ValueError("nnunet_logits needs blending='nnunet'")
+        dims = 3 if self.settings.dim == "3d" else 2
+        flips = [c for n in range(dims + 1) for c in itertools.combinations(range(dims), n)] \
+            if self.settings.mirror else [()]
+        total, inputs = None, {}
+        for member in self.members:
+            member.model.eval()
+            key = None if member.channels is None else tuple(member.channels)
+            if key not in inputs:
+                inputs[key] = self._input(image, member)
+            logits = self._volume_logits(member.net, inputs[key], flips)
+            total = logits if total is None else total.add_(logits)
+        return total / len(self.members)
 
     def predict(self, image: np.ndarray | torch.Tensor, *, probabilities: bool = False
                 ) -> tuple[np.ndarray, np.ndarray | None]:

@@ -540,3 +540,26 @@ def test_the_trainer_augments_each_batch_with_its_epoch_step_and_rank(monkeypatc
             expected, _ = aug(image, label, epoch=epoch, step=k, rank=3)
             assert torch.equal(fed[k], expected), (epoch, k)
             assert not torch.equal(fed[k], aug(image, label, epoch=epoch, step=k, rank=0)[0]), (epoch, k)
+
+
+def test_image_is_zero_outside_the_brain_mask_after_augmentation():
+    """nnU-Net: MaskImageTransform (image 0 where seg -1, after every other transform), then seg -1 -> 0; the
+    mask travels as a label value through the same spatial transform as the image."""
+    outside = 255
+    region = loader_patch_size(PATCH)
+    field = smooth_field((3, 2, *region), seed=2, sigma=3.0)
+    tumour = (field[:, 0] > 1.0).long()
+    brain = field[:, 1] > -0.5
+    label = torch.where(brain | (tumour > 0), tumour, torch.full_like(tumour, outside))
+    image = field + 5.0  # non-zero everywhere, also after noise, brightness and contrast
+    aug = BatchAugmentation(PATCH, params(p_rotation=1.0, p_scaling=1.0, p_mirror=0.5, p_noise=1.0,
+                                          p_brightness=1.0, p_contrast=1.0), outside_label=outside)
+    plain = BatchAugmentation(PATCH, aug.params)
+    for step in range(2):
+        out, lab = aug(image, label, epoch=0, step=step)
+        ref, ref_lab = plain(image, label, epoch=0, step=step)
+        gone = ref_lab == outside  # where the transformed mask says "outside"
+        assert gone.any() and (~gone).any()
+        assert not (lab == outside).any() and torch.equal(lab, torch.where(gone, 0, ref_lab))
+        assert torch.equal(out, torch.where(gone[:, None], 0.0, ref))  # every channel, nothing else touched
+        assert (out[~gone[:, None].expand_as(out)] != 0).all()

@@ -182,8 +182,9 @@ def test_patch_shapes_channels_and_determinism(cache: PreprocessedCache) -> None
         PatchDataset(cache, cache.case_ids, ("t1ce",), (8, 8, 8), 10, fg_fraction=1.5)
 
 
-def test_foreground_fraction_and_centring(cache: PreprocessedCache) -> None:
-    ds = PatchDataset(cache, cache.case_ids, ("t1ce",), (9, 9, 9), samples_per_epoch=900, flips=False, seed=2)
+def test_voxel_sampling_fraction_and_centring(cache: PreprocessedCache) -> None:
+    ds = PatchDataset(cache, cache.case_ids, ("t1ce",), (9, 9, 9), samples_per_epoch=900, flips=False, seed=2,
+                      sampling="voxel")
     specs = [ds.sample(i) for i in range(len(ds))]
     fraction = np.mean([s.foreground for s in specs])
     assert abs(fraction - 1 / 3) < 5 * np.sqrt(2 / 9 / 900)  # binomial bound, 5 sigma
@@ -191,26 +192,128 @@ def test_foreground_fraction_and_centring(cache: PreprocessedCache) -> None:
         assert ds[i][1][4, 4, 4] > 0  # centred on a foreground voxel
     random_fg = np.mean([ds[i][1].any().item() for i, s in enumerate(specs[:60]) if not s.foreground])
     assert random_fg < 1.0
+    # uniform over all tumour voxels: each class in proportion to its voxels
+    voxels = np.array([s.voxel for s in specs if s.foreground])
+    cid = cache.case_ids[0]
+    ds0 = PatchDataset(cache, [cid], ("t1ce",), (9, 9, 9), 3000, seed=2, sampling="voxel", fg_fraction=1.0)
+    classes = np.array([cache.label(cid)[ds0.sample(i).voxel] for i in range(3000)])
+    counts = np.array(cache.class_voxels(cid)[1:], dtype=float)
+    expected = counts / counts.sum()
+    for c, p in enumerate(expected, start=1):
+        assert abs(np.mean(classes == c) - p) < 5 * np.sqrt(p * (1 - p) / 3000)
+    assert len(voxels) > 0
+
+
+def test_nnunet_bounds_are_nnunets_get_bbox() -> None:
+    from brats_data.datasets import nnunet_bounds
+
+    # nnU-Net: need = 205 - 128 = 77, lb = -77 // 2 = -39, ub = 140 + 38 + 1 - 205 = -26: the 128 patch cut at
+    # (205 - 128) // 2 = 38 from the region's start lies in [-1, 140 + 0]
+    assert nnunet_bounds((140,), (205,), (128,)) == ([-39], [-26])
+    assert nnunet_bounds((100, 20), (64, 64), (64, 64)) == ([0, -22], [36, -22])  # no enlargement; centred pad
+    assert nnunet_bounds((1,), (1,), (1,)) == ([0], [0])
+
+
+def test_nnunet_sampling_forces_the_last_third_of_each_batch(cache: PreprocessedCache) -> None:
+    from brats_data.datasets import forced_foreground, nnunet_bounds
+
+    assert [forced_foreground(j, 2) for j in range(2)] == [False, True]  # round(2 x 0.67) = 1
+    assert [forced_foreground(j, 3) for j in range(3)] == [False, False, True]
+    assert sum(forced_foreground(j, 12) for j in range(12)) == 4 and forced_foreground(11, 12)
+    region, final = (16, 18, 14), (10, 12, 8)
+    ds = PatchDataset(cache, cache.case_ids, ("t1ce",), region, samples_per_epoch=600, flips=False, seed=3,
+                      final_patch=final, batch_size=2)
+    for i in range(600):
+        spec = ds.sample(i)
+        shape = cache.label(spec.case_id).shape
+        lbs, ubs = nnunet_bounds(shape, region, final)
+        assert spec.foreground == (i % 2 == 1)  # position i % 2 of a batch of 2
+        if spec.foreground:
+            assert cache.label(spec.case_id)[spec.voxel] > 0
+            assert spec.start == tuple(max(lb, v - r // 2) for lb, v, r in zip(lbs, spec.voxel, region))
+        else:
+            assert all(lb <= st <= ub for lb, st, ub in zip(lbs, spec.start, ubs))
+            centre = [st + (r - p) // 2 for st, r, p in zip(spec.start, region, final)]
+            assert all(-1 <= c and c + p <= s + 1 for c, p, s in zip(centre, final, shape))  # patch inside
+    # an explicit position overrides index % batch_size
+    assert ds.sample(0, 1).foreground and not ds.sample(1, 0).foreground
+    image, label = ds[(0, 1)]
+    spec = ds.sample(0, 1)
+    assert label[tuple(v - st for v, st in zip(spec.voxel, spec.start))] > 0
+
+
+def test_nnunet_sampling_chooses_a_class_or_region_uniformly(cache: PreprocessedCache) -> None:
+    cid = cache.case_ids[0]
+    voxels = cache.class_voxels(cid)
+    assert all(v > 0 for v in voxels[1:])
+    n = 3000
+    ds = PatchDataset(cache, [cid], ("t1ce",), (8, 8, 8), n, seed=1, fg_fraction=1.0)
+    classes = np.array([cache.label(cid)[ds.sample(i).voxel] for i in range(n)])
+    for c in (1, 2, 3):  # each present class 1/3 of the time, whatever its size
+        assert abs(np.mean(classes == c) - 1 / 3) < 5 * np.sqrt(2 / 9 / n)
+    regions = ((1, 2, 3), (2, 3), (3,))
+    ds = PatchDataset(cache, [cid], ("t1ce",), (8, 8, 8), n, seed=1, fg_fraction=1.0, fg_classes=regions)
+    classes = np.array([cache.label(cid)[ds.sample(i).voxel] for i in range(n)])
+    v1, v2, v3 = voxels[1:4]
+    p3 = (1 + v3 / (v2 + v3) + v3 / (v1 + v2 + v3)) / 3  # a region, then a voxel uniformly in it
+    assert abs(np.mean(classes == 3) - p3) < 5 * np.sqrt(p3 * (1 - p3) / n)
+    # a class absent from the case is never chosen: regions holding only absent classes are skipped
+    ds = PatchDataset(cache, [cid], ("t1ce",), (8, 8, 8), 200, seed=1, fg_classes=((3,), (7,)), fg_fraction=1.0)
+    assert all(cache.label(cid)[ds.sample(i).voxel] == 3 for i in range(200))
+
+
+def test_foreground_points_per_class_and_brain_mask(cache: PreprocessedCache) -> None:
+    from scipy.ndimage import binary_fill_holes
+
+    for cid in cache.case_ids:
+        label, points = np.asarray(cache.label(cid)), cache.foreground(cid)
+        counts = cache.foreground_points(cid)
+        first = np.cumsum([0] + counts)
+        for c in range(1, len(counts)):
+            block = points[first[c]:first[c + 1]]
+            assert len(block) == (label == c).sum() and np.all(label[tuple(block.T)] == c)
+        mask = np.asarray(cache.mask(cid))
+        assert mask.dtype == np.uint8 and mask.shape == label.shape
+        assert np.array_equal(mask.astype(bool), binary_fill_holes((np.asarray(cache.image(cid)) != 0).any(0)))
+    # the loader marks background outside the mask and outside the volume, never tumour
+    from brats_data import OUTSIDE_LABEL
+
+    cid = cache.case_ids[0]
+    shape = cache.label(cid).shape
+    region = tuple(s + 6 for s in shape)
+    plain = PatchDataset(cache, [cid], ("t1",), region, 2, flips=False, fg_fraction=0.0)
+    masked = PatchDataset(cache, [cid], ("t1",), region, 2, flips=False, fg_fraction=0.0, brain_mask=True)
+    (image, label), (image_m, label_m) = plain[0], masked[0]
+    assert torch.equal(image, image_m)
+    inner = tuple(slice(3, 3 + s) for s in shape)
+    inside = torch.zeros(region, dtype=torch.bool)
+    inside[inner] = torch.from_numpy(np.asarray(cache.mask(cid)).astype(bool))
+    assert torch.equal(label_m == OUTSIDE_LABEL, (label == 0) & ~inside)
+    assert torch.equal(torch.where(label_m == OUTSIDE_LABEL, 0, label_m), label)
+    assert (label_m == OUTSIDE_LABEL).any() and (label_m[inner] == OUTSIDE_LABEL).any()
 
 
 def test_padding_beyond_the_volume(cache: PreprocessedCache) -> None:
     cid = cache.case_ids[0]
     shape = cache.label(cid).shape
     patch = tuple(s + 10 for s in shape)
-    ds = PatchDataset(cache, [cid], MODALITIES, patch, 8, fg_fraction=0.0, flips=False)
-    for i in range(4):
-        image, label = ds[i]
-        start = ds.sample(i).start
-        assert all(-10 <= s <= 0 for s in start)
-        inner = tuple(slice(-s, -s + n) for s, n in zip(start, shape))
-        np.testing.assert_array_equal(image[(slice(None), *inner)].numpy(),
-                                      np.asarray(cache.image(cid)).astype(np.float32))
-        assert label[inner].numpy().tolist() == np.asarray(cache.label(cid)).tolist()
-        outside = torch.ones(patch, dtype=torch.bool)
-        outside[inner] = False
-        assert not image[:, outside].any() and not label[outside].any()
-    # A foreground-centred patch at the border is padded too, never shifted.
-    fg = PatchDataset(cache, [cid], ("t2",), (30, 30, 30), 50, fg_fraction=1.0, flips=False)
+    for sampling in ("voxel", "nnunet"):
+        ds = PatchDataset(cache, [cid], MODALITIES, patch, 8, fg_fraction=0.0, flips=False, sampling=sampling)
+        for i in range(4):
+            image, label = ds[i]
+            start = ds.sample(i).start
+            assert all(-10 <= s <= 0 for s in start)
+            if sampling == "nnunet":  # nnU-Net pads a small volume evenly
+                assert start == (-5, -5, -5)
+            inner = tuple(slice(-s, -s + n) for s, n in zip(start, shape))
+            np.testing.assert_array_equal(image[(slice(None), *inner)].numpy(),
+                                          np.asarray(cache.image(cid)).astype(np.float32))
+            assert label[inner].numpy().tolist() == np.asarray(cache.label(cid)).tolist()
+            outside = torch.ones(patch, dtype=torch.bool)
+            outside[inner] = False
+            assert not image[:, outside].any() and not label[outside].any()
+    # A foreground-centred patch at the border is padded too, never shifted (the suite's earlier sampling).
+    fg = PatchDataset(cache, [cid], ("t2",), (30, 30, 30), 50, fg_fraction=1.0, flips=False, sampling="voxel")
     assert all(fg[i][1][15, 15, 15] > 0 for i in range(10))
 
 
@@ -238,8 +341,9 @@ def test_slice_dataset(cache: PreprocessedCache) -> None:
     for i in range(60):
         spec = ds.sample(i)
         assert 0 <= spec.start[0] < cache.label(spec.case_id).shape[0]
-        if spec.foreground:
-            assert ds[i][1][12, 14] > 0
+        if spec.foreground:  # the slice of the chosen voxel, which the region holds
+            assert spec.start[0] == spec.voxel[0]
+            assert ds[i][1][spec.voxel[1] - spec.start[1], spec.voxel[2] - spec.start[2]] > 0
     assert not any(SliceDataset(cache, cache.case_ids, ("t1",), (8, 8), 40, seed=3).sample(i).flips[0]
                    for i in range(40))  # never flipped along Z
     with pytest.raises(ValueError, match="2 positive sizes"):
@@ -255,6 +359,34 @@ def test_dataloader_workers_give_the_same_samples(cache: PreprocessedCache) -> N
     labels = torch.cat([b[1] for b in batches])
     assert torch.equal(images, torch.stack([s[0] for s in serial]))
     assert torch.equal(labels, torch.stack([s[1] for s in serial]))
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_batch_positions_hold_with_workers_and_ranks(cache: PreprocessedCache, world: int) -> None:
+    from torch.utils.data import DistributedSampler
+
+    from brats_data import BatchPositionSampler
+
+    batch, n = 2, 24
+    ds = PatchDataset(cache, cache.case_ids, ("t1ce",), (12, 12, 12), samples_per_epoch=n, seed=4, flips=False,
+                      final_patch=(8, 8, 8), batch_size=batch * world)
+    forced = {}
+    for rank in range(world):
+        shards = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=4)
+        sampler = BatchPositionSampler(shards, batch, rank)
+        sampler.set_epoch(1)
+        ds.set_epoch(1)
+        keys = list(sampler)
+        assert [p for _, p in keys] == [rank * batch + k % batch for k in range(len(keys))]
+        serial = [ds[k] for k in keys]
+        loader = DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=2)
+        batches = list(loader)
+        assert torch.equal(torch.cat([b[1] for b in batches]), torch.stack([s[1] for s in serial]))
+        for b in batches:  # global position 2 x world - 1 (the last of round(B x 0.33)) holds foreground
+            forced[rank] = forced.get(rank, []) + [bool(b[1][-1].any())]
+        specs = [ds.sample(*k) for k in keys]
+        assert [s.foreground for s in specs] == [p == batch * world - 1 for _, p in keys]
+    assert all(forced[world - 1])
 
 
 def test_foreground_subsampling_is_even() -> None:

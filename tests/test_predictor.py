@@ -156,9 +156,23 @@ def test_blending_modes_agree_on_a_pointwise_network(case):
     noise, label = case
     image = noise.copy()
     image[1] = label
-    for blending in ("cosine", "gaussian", "constant"):
+    for blending in ("cosine", "gaussian", "constant", "nnunet"):
         predictor = Predictor.from_model(LabelEcho(), ("t1ce",), SETTINGS.with_(blending=blending))
         np.testing.assert_array_equal(predictor.labels(image), label)
+        mirrored = Predictor.from_model(LabelEcho(), ("t1ce",), SETTINGS.with_(blending=blending, mirror=True))
+        np.testing.assert_array_equal(mirrored.labels(image), label)
+
+
+def test_nnunet_window_steps_and_weight():
+    from inference.predictor import nnunet_gaussian, nnunet_steps
+
+    assert nnunet_steps(110, 64, 0.5) == [0, 23, 46]  # the example in nnU-Net's compute_steps_for_sliding_window
+    assert nnunet_steps(64, 64, 0.5) == [0] and nnunet_steps(155, 128, 0.5) == [0, 27]
+    assert nnunet_steps(240, 128, 0.5) == [0, 56, 112]
+    w = nnunet_gaussian((16, 12, 9))
+    assert w.shape == (16, 12, 9) and w.max() == 1 and w[8, 6, 4] == 1 and w.min() > 0
+    assert torch.allclose(w[8, 6, :], w[8, 6, :].flip(0))  # odd size: symmetric about t // 2
+    assert w[8, 6, 0] < w[8, 6, 1] < w[8, 6, 4]
 
 
 class WindowPosition(nn.Module):

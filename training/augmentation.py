@@ -543,9 +543,15 @@ class BatchAugmentation:
     ``patch``: the final training patch (3 sizes in 3D, 2 in 2D). ``params``: :data:`NNUNET_PARAMS` or a variant
     (checked by :func:`make_params`). ``seed``: the run's seed. The batch's random parameters come from a CPU
     generator (so the same samples are rotated, blurred, ... on every device) and the noise fields from a generator
-    on the batch's device, both seeded by (seed, epoch, step, rank) alone."""
+    on the batch's device, both seeded by (seed, epoch, step, rank) alone. ``outside_label``: the label the loader
+    gives background outside the brain mask (``brats_data.OUTSIDE_LABEL``); after all transforms the image is set
+    to 0 on every channel where the transformed label holds it, and those labels become 0 (nnU-Net's
+    ``MaskImageTransform`` then ``RemoveLabelTansform(-1, 0)``, with ``use_mask_for_norm`` on every channel as
+    nnU-Net plans BraTS). None: no masking."""
 
-    def __init__(self, patch: Sequence[int], params: dict = NNUNET_PARAMS, seed: int = 0):
+    def __init__(self, patch: Sequence[int], params: dict = NNUNET_PARAMS, seed: int = 0,
+                 outside_label: int | None = None):
+        self.outside_label = None if outside_label is None else int(outside_label)
         self.patch = tuple(int(p) for p in patch)
         if len(self.patch) not in (2, 3) or min(self.patch) < 1:
             raise ValueError(f"patch must be 2 or 3 positive sizes, got {patch}")
@@ -592,6 +598,10 @@ class BatchAugmentation:
         draws = self.draw(batch, channels, epoch=epoch, step=step, rank=rank)
         out, lab = spatial_transform(image, label, self.patch, draws.matrix)
         self.intensity_(out, draws, epoch=epoch, step=step, rank=rank)
+        if self.outside_label is not None:  # nnU-Net: MaskImageTransform, then RemoveLabelTansform(-1, 0)
+            outside = lab == self.outside_label
+            out.masked_fill_(outside.unsqueeze(1), 0.0)
+            lab.masked_fill_(outside, 0)
         return out, lab
 
     def intensity_(self, image: torch.Tensor, draws: Draws, *, epoch: int, step: int, rank: int = 0) -> torch.Tensor:

@@ -196,10 +196,11 @@ class UnitTrainer:
 
     def build_train_loader(self) -> Any:
         """The loader of training patches (3D) or slices (2D) of this unit (``experiment.data``): with the
-        ``nnunet`` augmentation a larger region without flips (the augmentation cuts the patch from its centre)."""
+        ``nnunet`` augmentation a larger region without flips (the augmentation cuts the patch from its centre), its
+        background outside the brain mask labelled so that the augmentation zeroes the image there afterwards."""
         options = {}
         if self.augment is not None:
-            options = {"patch": self.loader_patch, "flips": False}
+            options = {"patch": self.loader_patch, "flips": False, "brain_mask": self.augment.outside_label is not None}
         loader, _, _ = build_train_loader(self.cfg, self.cache, self.split["train"], self.modalities, self.key.seed,
                                           self.ctx, **options)
         return loader
@@ -247,10 +248,12 @@ class UnitTrainer:
                                               regions=self.dataset.scheme if cfg.region_based else None)
         self.augment, self.loader_patch = None, None
         if cfg.augmentation == "nnunet":
+            from brats_data import OUTSIDE_LABEL
             from training.augmentation import NNUNET_PARAMS, BatchAugmentation, loader_patch_size
 
             params = cfg.augmentation_params or NNUNET_PARAMS
-            self.augment = BatchAugmentation(cfg.spatial_patch, params, seed=self.key.seed)
+            # the image is set to 0 outside the brain mask after augmentation, as nnU-Net does
+            self.augment = BatchAugmentation(cfg.spatial_patch, params, seed=self.key.seed, outside_label=OUTSIDE_LABEL)
             # nnU-Net's larger region (its get_patch_size): 205^3 for a 128^3 patch; covering every extreme draw
             # would take (304, 310, 304), 14 times the voxels, to load and copy for rare corner cases
             self.loader_patch = loader_patch_size(cfg.spatial_patch, params, cover="nnunet")
