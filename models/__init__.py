@@ -2,11 +2,12 @@
 
 - ``unet``: the U-Nets (``unet3d_*``, incl. the single-branch models of the modality comparison)
 - ``transformers``: UNETR, SwinUNETR, MobileUNETR
+- ``monai_baselines``: MedNeXt, SegResNet, SwinUNETR-V2 (built by MONAI)
 - ``dualbranch``: the variant tables of the multi-branch U-Net (``dualbranch_*``, ``quadbranch_*``);
   the generic class is in ``multibranch``
 """
 
-from models import dualbranch, transformers, unet  # noqa: F401  (importing a family registers its models)
+from models import dualbranch, monai_baselines, transformers, unet  # noqa: F401  (importing a family registers its models)
 from models.registry import (  # noqa: F401  (the public API of the model zoo)
     ModelSpec,
     Published,
