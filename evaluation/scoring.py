@@ -7,6 +7,7 @@ Cases are sharded over the ranks under torchrun and the results gathered
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -17,6 +18,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from experiment.run_folder import INFERENCE_TIME_KEY
 from inference.postprocess import PostprocessRule, case_table, checkpoint_rule, choose_rule, rule_hook
 from inference.predictor import InferenceSettings, Predictor
 from metrics import (
@@ -68,6 +70,7 @@ class EvaluationResult:
     modality_weights: dict[str, list[float]] = field(default_factory=dict)  # modality -> per-case means
     first_prediction: tuple[str, np.ndarray] | None = None  # (case id, label map) of the first case, rank 0
     scheme: LabelScheme = CLASSIC
+    case_seconds: list[float] = field(default_factory=list)  # each case's prediction time (s), in case-id order
 
     def summary(self) -> dict[str, float]:
         df = pd.DataFrame(self.per_case)
@@ -77,6 +80,11 @@ class EvaluationResult:
         out.update({f"test_{k}": v for k, v in pr.items()})
         out["n_test_cases"] = len(df)
         return out
+
+    def costs(self) -> dict[str, float]:
+        """The test's cost column (experiment/run_folder.py): the mean prediction time per case, in seconds. Apart
+        from :meth:`summary`, whose metrics a re-evaluation reproduces exactly."""
+        return {INFERENCE_TIME_KEY: float(np.mean(self.case_seconds)) if self.case_seconds else float("nan")}
 
 
 def _predict_with_weights(model: nn.Module, image: np.ndarray, predict: Callable[[np.ndarray], np.ndarray]
@@ -111,13 +119,15 @@ def evaluate_model(predictor: Predictor, cache: Any, case_ids: Sequence[str], *,
     """
     case_ids, k = list(case_ids), scheme.num_classes
 
-    def one_case(case_id: str) -> tuple[dict[str, Any], np.ndarray, dict[str, float], np.ndarray | None]:
-        label = np.asarray(cache.label(case_id))
-        pred, weights = _predict_with_weights(predictor.model, cache.image(case_id), predictor.labels)
+    def one_case(case_id: str) -> tuple[dict[str, Any], np.ndarray, dict[str, float], np.ndarray | None, float]:
+        label, image = np.asarray(cache.label(case_id)), cache.image(case_id)
+        start = time.perf_counter()  # the prediction alone: a label map on the host, so the device is done
+        pred, weights = _predict_with_weights(predictor.model, image, predictor.labels)
+        seconds = time.perf_counter() - start
         row = {"case_id": case_id, **brats_region_metrics(pred, label, spacing=cache.spacing(case_id),
                                                           nsd_tolerance=nsd_tolerance, scheme=scheme)}
         keep = keep_first_prediction and case_id == case_ids[0]
-        return row, confusion_matrix(pred, label, num_classes=k), weights, pred if keep else None
+        return row, confusion_matrix(pred, label, num_classes=k), weights, pred if keep else None, seconds
 
     results = shard_and_gather(case_ids, one_case, progress=progress, desc=desc)
     order = sorted(range(len(results)), key=lambda i: results[i][0]["case_id"])
@@ -127,7 +137,8 @@ def evaluate_model(predictor: Predictor, cache: Any, case_ids: Sequence[str], *,
             by_modality.setdefault(modality, []).append(w)
     first = next(((case_ids[0], r[3]) for r in results if r[3] is not None), None)
     cm = sum((r[1] for r in results), np.zeros((k, k), dtype=np.int64))
-    return EvaluationResult([results[i][0] for i in order], cm, by_modality, first, scheme)
+    return EvaluationResult([results[i][0] for i in order], cm, by_modality, first, scheme,
+                            [results[i][4] for i in order])
 
 
 def validation_dice(predictor: Predictor, cache: Any, case_ids: Sequence[str], scheme: LabelScheme = CLASSIC

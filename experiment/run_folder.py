@@ -63,6 +63,52 @@ UNIT_COLUMNS = ["model", "seed", "fold"]
 EFFICIENCY_KEYS = ["params", "flops", "pam_train_mb", "pam_train_mb_std", "pam_inference_mb",
                    "pam_inference_mb_std", "latency_ms", "latency_ms_std"]
 
+# The cost of a unit, as nnU-Net Revisited (Isensee et al., MICCAI 2024) reports it; measured by the trainer and
+# the test (training/trainer.py, evaluation/scoring.py), on the hardware that ``cost_hardware`` names (the GPU, or
+# the CPU model: then the memory is the training process's peak resident set, ``train_peak_mem_kind`` cpu_rss).
+# Per epoch (all_epochs_results.csv): the training pass alone (s), its optimizer steps, and the peak memory (GB,
+# 10^9 bytes) since the unit's training started in this session, the max over ranks (CUDA max_memory_allocated /
+# max_memory_reserved; on the CPU the peak RSS, reserved empty) and its kind.
+EPOCH_COST_KEYS = ["train_time_s", "steps", "peak_mem_gb", "peak_mem_reserved_gb", "peak_mem_kind"]
+# Per unit (integrated_experiment_results.csv; model_comparison.csv has the mean and std of the numbers), from its
+# epoch rows, so a resumed unit sums its sessions: training wall time (hours: every epoch's training pass and
+# validation), seconds per 1,000 optimizer steps (training passes only), the peak memory over all its epochs
+# (GB), and the test's prediction time per case (s: sliding window, post-processing; not the metrics).
+INFERENCE_TIME_KEY = "inference_s_per_case"
+COST_KEYS = ["train_time_h", "train_s_per_1k_steps", "train_peak_mem_gb", "train_peak_mem_reserved_gb",
+             INFERENCE_TIME_KEY]
+COST_LABEL_KEYS = ["train_peak_mem_kind", "cost_hardware"]
+# Columns read off the clock or the allocator: two runs that are otherwise identical differ in them.
+MEASURED_COLUMNS = ("epoch_time_s", "train_time_s", "peak_mem_gb", "peak_mem_reserved_gb", "latency_ms",
+                    "latency_ms_std", *COST_KEYS)
+
+
+def unit_costs(curves: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """The training columns of :data:`COST_KEYS` and ``train_peak_mem_kind`` from a unit's epoch rows (all its
+    sessions: the rows its last checkpoint carried over plus this session's). NaN where no row measured it
+    (rows of a run folder older than these columns); an interrupted epoch that was never finished is not counted."""
+    rows = pd.DataFrame(list(curves))
+
+    def column(name: str) -> pd.Series:
+        return pd.to_numeric(rows[name], errors="coerce") if name in rows else pd.Series(dtype=float)
+
+    def total(name: str) -> float:
+        values = column(name)
+        return float(values.sum()) if values.notna().any() else np.nan
+
+    def peak(name: str) -> float:
+        values = column(name)
+        return float(values.max()) if values.notna().any() else np.nan
+
+    steps, train_s = total("steps"), total("train_time_s")
+    kinds = sorted({str(k) for k in rows.get("peak_mem_kind", pd.Series(dtype=object)).dropna()})
+    return {
+        "train_time_h": total("epoch_time_s") / 3600.0,
+        "train_s_per_1k_steps": train_s / steps * 1000.0 if steps and steps > 0 else np.nan,
+        "train_peak_mem_gb": peak("peak_mem_gb"), "train_peak_mem_reserved_gb": peak("peak_mem_reserved_gb"),
+        "train_peak_mem_kind": "+".join(kinds),
+    }
+
 
 def test_metric_columns(scheme: LabelScheme = CLASSIC) -> list[str]:
     """The test columns of a unit: ``test_`` + every per-case metric of the scheme, then ``test_dice_mean``."""
@@ -76,7 +122,7 @@ def result_columns(scheme: LabelScheme = CLASSIC) -> list[str]:
     return UNIT_COLUMNS + [
         *[f"test_dice_{r}" for r in regions], "test_dice_mean", *[f"test_hd95_{r}" for r in regions],
         *[f"test_nsd_{r}" for r in regions], *[f"test_dice_{c}" for c in scheme.class_dice],
-        *EFFICIENCY_KEYS, "best_epoch", "best_val_dice",
+        *EFFICIENCY_KEYS, "best_epoch", "best_val_dice", *COST_KEYS, *COST_LABEL_KEYS,
     ]
 
 
@@ -86,7 +132,7 @@ def val_dice_keys(scheme: LabelScheme = CLASSIC) -> list[str]:
 
 
 def epoch_columns(scheme: LabelScheme = CLASSIC) -> list[str]:
-    return UNIT_COLUMNS + ["epoch", "train_loss", *val_dice_keys(scheme), "lr", "epoch_time_s"]
+    return UNIT_COLUMNS + ["epoch", "train_loss", *val_dice_keys(scheme), "lr", "epoch_time_s", *EPOCH_COST_KEYS]
 
 
 def per_case_columns(scheme: LabelScheme = CLASSIC) -> list[str]:
@@ -115,6 +161,9 @@ def comparison_table(results: pd.DataFrame) -> pd.DataFrame:
     stats = grouped[metric_cols].agg(["mean", "std"])
     stats.columns = [f"{metric}_{stat}" for metric, stat in stats.columns]
     stats["n_runs"] = grouped.size()
+    for label in (c for c in COST_LABEL_KEYS if c in results.columns):  # what the cost columns were measured on
+        stats[label] = results[label].groupby(results["model"].astype(str), sort=False).agg(
+            lambda v: " + ".join(sorted({str(x) for x in v.dropna() if str(x)})))
     return stats.loc[list(dict.fromkeys(results["model"].astype(str)))]
 
 

@@ -58,6 +58,31 @@ FAMILY_NOTES: dict[str, str] = {
         "(`unet3d_2modal_s`, `unet3d_4modal_s`) against two or four single-modality branches, the four "
         "also weighted by a softmax modality-attention gate (`dualbranch_2modal_unet_s`, `quadbranch_4modal_*`)."
     ),
+    "mednext": (
+        "MedNeXt (Roy et al., MICCAI 2023) built by MONAI's `create_mednext` (`models/monai_baselines.py`): "
+        "variants S, B, M, L with depthwise kernel 3 or 5 (`mednext_{s,b,m,l}_k{3,5}`), four modalities; "
+        "with deep supervision, MONAI's heads at 1/2..1/16 (their parameters are not counted here). "
+        "UpKern (kernel 5 initialised from a trained kernel 3) is not offered: MONAI does not provide it."
+    ),
+    "segresnet": (
+        "MONAI's SegResNet (`models/monai_baselines.py`), four modalities: `segresnet_16` at the settings of "
+        "MONAI's BraTS tutorial (16 initial filters, blocks 1-2-2-4 down, 1-1-1 up, dropout 0.2), `segresnet_32` "
+        "the same at the BraTS 2018 winner's width (Myronenko 2018) without its VAE branch. No published count "
+        "is given: none was found with certainty."
+    ),
+    "swin_unetr_v2": (
+        "SwinUNETR-V2 (He et al., MICCAI 2023): MONAI's `SwinUNETR(use_v2=True)` with the suite's `swin_unetr` "
+        "settings, four modalities (`models/monai_baselines.py`). No published count is given: none was found "
+        "with certainty."
+    ),
+}
+
+# Published baselines that the suite does not build, and why (listed in docs/MODELS.md).
+NOT_INCLUDED: dict[str, str] = {
+    "STU-Net": "no installable package provides the network (its code lives inside a fork of nnU-Net), and the "
+               "suite builds published networks from their libraries, never from copies.",
+    "U-Mamba": "needs the `mamba-ssm` package, whose selective-scan kernels are CUDA-only, so it can neither be "
+               "built nor tested on the CPU machines the suite's tests run on.",
 }
 
 
@@ -115,6 +140,10 @@ def markdown(rows: Sequence[dict]) -> str:
         "",
         *(f"- `{f}`: {FAMILY_NOTES.get(f, 'no note yet (add one to FAMILY_NOTES in models/catalog.py).')}"
           for f in families),
+        "",
+        "Not included:",
+        "",
+        *(f"- {name}: {why}" for name, why in NOT_INCLUDED.items()),
         "",
         "## Models",
         "",

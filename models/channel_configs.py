@@ -63,3 +63,20 @@ NNUNET_CONFIG = {
 }
 # The ResEnc presets: the planner's GPU-memory target in GB (nnUNetPlannerResEncM/L/XL).
 NNUNET_RESENC_PRESETS = {"m": 8, "l": 24, "xl": 40}
+
+# MedNeXt (Roy et al., MICCAI 2023), built by MONAI's ``create_mednext`` (models/monai_baselines.py): its variants
+# S, B, M, L fix the widths (32 at full resolution, doubling), expansion ratios and block counts; the suite adds
+# the depthwise kernel sizes of the paper's comparison.
+MEDNEXT_VARIANTS: tuple[str, ...] = ("s", "b", "m", "l")
+MEDNEXT_KERNELS: tuple[int, ...] = (3, 5)
+
+# SegResNet (MONAI): the settings of MONAI's BraTS tutorial (init_filters 16, blocks 1-2-2-4 down and 1-1-1 up,
+# dropout 0.2), and the same at the BraTS 2018 winner's width (Myronenko 2018: 32 initial filters; MONAI's
+# SegResNet has no VAE regularisation branch). Keyed by init_filters.
+SEGRESNET_CONFIGS = {
+    16: {"init_filters": 16, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1), "dropout_prob": 0.2},
+    32: {"init_filters": 32, "blocks_down": (1, 2, 2, 4), "blocks_up": (1, 1, 1), "dropout_prob": 0.2},
+}
+
+# SwinUNETR-V2 (He et al., MICCAI 2023): the suite's SwinUNETR settings plus MONAI's stage-wise convolutions.
+SWIN_UNETR_V2_CONFIG = {**SWIN_UNETR_CONFIG, "use_v2": True}

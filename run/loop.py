@@ -36,7 +36,7 @@ from evaluation.efficiency import count_parameters, measure_efficiency
 from evaluation.scoring import EvaluationResult, choose_postprocess, evaluate_checkpoint
 from experiment.config import ExperimentConfig, resume_config
 from experiment.data import make_all_splits, prepare_data, training_budget
-from experiment.run_folder import EFFICIENCY_KEYS, LOG_FILE, RESULTS_CSV, RunFolder, UnitKey
+from experiment.run_folder import EFFICIENCY_KEYS, LOG_FILE, RESULTS_CSV, RunFolder, UnitKey, unit_costs
 from experiment.sharding import check_shard, shard_suffix, shard_units
 from models import get_model, model_spec
 from run.callbacks import RunCallbacks, RunState, notify
@@ -46,6 +46,7 @@ from training.trainer import STOP, Interrupted, TrainResult, train_model, traine
 from utils import distributed as du
 from utils.checkpoint import load_checkpoint
 from utils.errors import first_line
+from utils.runtime import hardware_name
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,8 @@ def _config_record(cfg: ExperimentConfig, ctx: du.DistContext, n_cases: int, n_t
     ``steps_per_epoch`` column for the others), where and with what it ran."""
     return {
         "config": cfg.to_dict(), "world_size": ctx.world_size, **training_budget(cfg, n_train, ctx.world_size),
-        "device": str(ctx.device), "amp": cfg.resolved_amp(ctx.device), "versions": _versions(),
+        "device": str(ctx.device), "hardware": hardware_name(ctx.device), "amp": cfg.resolved_amp(ctx.device),
+        "versions": _versions(),
         "git_commit": _git_commit(), "n_cases": n_cases, "command": sys.argv,
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
     }
@@ -192,11 +194,11 @@ def _record_job_end(state: RunState, key: UnitKey, epoch: int, reason: str) -> N
 def _write_unit(state: RunState, key: UnitKey, result: TrainResult, evaluation: EvaluationResult,
                 efficiency: tuple[dict, str]) -> None:
     values, notes = efficiency
-    row = {**evaluation.summary(), **{k: values.get(k, np.nan) for k in EFFICIENCY_KEYS},
+    row = {**evaluation.summary(), **evaluation.costs(), **{k: values.get(k, np.nan) for k in EFFICIENCY_KEYS},
            "best_epoch": result.best_epoch, "best_val_dice": result.best_val_dice,
            "steps_per_epoch": result.steps_per_epoch, "total_steps": result.steps_per_epoch * state.cfg.epochs,
            "world_size": state.ctx.world_size, "ranks_in_sync": result.ranks_in_sync, "efficiency_notes": notes,
-           **result.postprocess}
+           **unit_costs(result.curves), "cost_hardware": hardware_name(state.ctx.device), **result.postprocess}
     state.run.write_unit(key, row, evaluation.per_case, evaluation.confusion, evaluation.modality_weights)
     log.info("[%s seed %d fold %d] test Dice WT/TC/ET %.3f/%.3f/%.3f", key.model, key.seed, key.fold,
              row["test_dice_wt"], row["test_dice_tc"], row["test_dice_et"])

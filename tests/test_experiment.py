@@ -16,6 +16,7 @@ import torch
 import data_loader as dl
 import evaluate_experiment
 import integrated_experiment
+from experiment.run_folder import MEASURED_COLUMNS
 from experiment_runner import (
     EPOCH_COLUMNS,
     RESULT_COLUMNS,
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.slow
 
 SHAPE = (48, 48, 40)
 N_CASES = 10
-TIMING_COLUMNS = {"epoch_time_s", "latency_ms", "latency_ms_std", "efficiency_notes"}
+TIMING_COLUMNS = {*MEASURED_COLUMNS, "efficiency_notes"}
 
 
 @pytest.fixture(scope="session")

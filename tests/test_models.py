@@ -32,9 +32,13 @@ from models import create_model, list_models, model_spec
 # (model, dim) pairs whose CPU backward is too costly for the default run (CPU seconds for one
 # train step at the smallest patch): SwinUNETR's 48-channel full-resolution stages (11 s at
 # 32x32x64); RepLK 13^3 depthwise convolutions, whose CPU backward is slow, at the 32^3 that the
-# stage-5 MobileViT needs (8-9 s).
+# stage-5 MobileViT needs (8-9 s); SwinUNETR-V2 (6 s at 32x32x64) and MedNeXt-L (3 s at 16x16x32, 61M
+# parameters), whose gradients are checked in 2D.
 HEAVY = {
     ("swin_unetr", "3d"),
+    ("swin_unetr_v2", "3d"),
+    ("mednext_l_k3", "3d"),
+    ("mednext_l_k5", "3d"),
     ("dualbranch_06_unet_xs", "3d"),
     ("dualbranch_07_unet_xs", "3d"),
     ("dualbranch_13_unet_xs", "3d"),

@@ -16,6 +16,7 @@ import evaluate_experiment
 import integrated_experiment
 import predict
 from experiment.config import ExperimentConfig, Shard, load_run_config
+from experiment.run_folder import MEASURED_COLUMNS
 from experiment.sharding import experiment_units, shard_units
 from metrics import REGION_METRIC_KEYS
 from visualization.__main__ import main as merge_main
@@ -128,7 +129,7 @@ def test_merged_shards_equal_the_unsharded_run(sweep):
     for name, order in (("per_case_results.csv", KEYS + ["case_id"]), ("all_epochs_results.csv", KEYS + ["epoch"])):
         a = pd.read_csv(whole / name).sort_values(order).reset_index(drop=True)
         b = pd.read_csv(merged / name).sort_values(order).reset_index(drop=True)
-        numeric = [c for c in a.columns if c not in ("epoch_time_s", "source_run") and c in b.columns]
+        numeric = [c for c in a.columns if c not in (*MEASURED_COLUMNS, "source_run") and c in b.columns]
         pd.testing.assert_frame_equal(b[numeric], a[numeric], check_exact=True)
     assert json.loads((merged / "splits.json").read_text()) == json.loads((whole / "splits.json").read_text())
     record = json.loads((merged / "merged_runs.json").read_text())

@@ -49,7 +49,14 @@ from models import get_model, model_spec
 from training.losses import make_loss
 from utils import distributed as du
 from utils.checkpoint import BEST_KEYS, load_checkpoint, load_pretrained, save_checkpoint, unwrap_model
-from utils.runtime import autocast_context, enable_grad_checkpoint, memory_format, set_seed
+from utils.runtime import (
+    autocast_context,
+    enable_grad_checkpoint,
+    memory_format,
+    peak_memory_gb,
+    reset_peak_memory,
+    set_seed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -366,10 +373,19 @@ class UnitTrainer:
         return validation_dice(self.predictor, self.cache, self.split["val"], self.dataset.scheme)
 
     # ------------------------------------------------------------------ end of an epoch
-    def end_epoch(self, epoch: int, train_loss: float, lr: float, val: dict[str, float], seconds: float
-                  ) -> dict[str, Any]:
-        """Keep the best weights, write the best/last checkpoints (rank 0), log; return the epoch row."""
-        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "epoch_time_s": seconds}
+    def epoch_costs(self, train_seconds: float) -> dict[str, Any]:
+        """The epoch's cost columns (experiment/run_folder.py EPOCH_COST_KEYS): its training pass (s) and steps,
+        and the peak memory since the unit's training started in this session, the max over ranks."""
+        peaks = du.all_gather_objects(peak_memory_gb(self.device))
+        return {"train_time_s": train_seconds, "steps": self.steps_per_epoch,
+                "peak_mem_gb": max(p[0] for p in peaks), "peak_mem_reserved_gb": max(p[1] for p in peaks),
+                "peak_mem_kind": "+".join(sorted({p[2] for p in peaks}))}
+
+    def end_epoch(self, epoch: int, train_loss: float, lr: float, val: dict[str, float], seconds: float,
+                  costs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Keep the best weights, write the best/last checkpoints (rank 0), log; return the epoch row (with the
+        epoch's ``costs``, which the last checkpoint keeps for a resumed unit's totals)."""
+        row = {"epoch": epoch, "train_loss": train_loss, **val, "lr": lr, "epoch_time_s": seconds, **(costs or {})}
         self.best.curves.append(row)
         improved = val["val_dice_mean"] > self.best.best_val_dice  # False for an unvalidated epoch (NaN)
         if improved:
@@ -425,14 +441,16 @@ class UnitTrainer:
     def fit(self, on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
         """Train from ``start_epoch`` to the last epoch; ``on_epoch_end(row)`` runs on rank 0 after each."""
         loader = self.build_train_loader()
+        reset_peak_memory(self.device)  # the unit's peak, not an earlier unit's (max over sessions: the rows)
         for epoch in range(self.start_epoch, self.cfg.epochs):
             t0 = time.perf_counter()
-            train_loss = self.train_epoch(loader, epoch)
+            train_loss = self.train_epoch(loader, epoch)  # ends on a host read of the loss: the GPU is done
+            costs = self.epoch_costs(time.perf_counter() - t0)
             lr = self.optimizer.param_groups[0]["lr"]
             self.scheduler.step()
             val = self.validate() if self.validates(epoch) else dict.fromkeys(val_dice_keys(self.dataset.scheme),
                                                                                  math.nan)
-            row = self.end_epoch(epoch, train_loss, lr, val, time.perf_counter() - t0)
+            row = self.end_epoch(epoch, train_loss, lr, val, time.perf_counter() - t0, costs)
             if self.ctx.is_main and on_epoch_end:
                 on_epoch_end(row)
             if du.any_rank_true(STOP.requested, self.ctx.device):

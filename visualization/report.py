@@ -248,7 +248,8 @@ def _config_rows(record: Mapping[str, Any], folder: Folder) -> list[tuple[str, s
         ("training budget", f"{_plain(cfg.get('epochs'))} epochs x {_plain(record.get('steps_per_epoch'))} "
                             f"optimizer steps = {_plain(record.get('total_steps'))} steps per unit, global batch "
                             f"{_plain(record.get('global_batch_size'))} ({samples}), "
-                            f"{_plain(record.get('samples_seen'))} samples seen"),
+                            f"{_plain(record.get('samples_seen'))} samples seen"
+                            + (f"; costs measured on {record['hardware']}" if record.get("hardware") else "")),
         ("recipe", f"trainer {_plain(cfg.get('trainer'))}, loss {_plain(cfg.get('loss'))}"
                    + (" (region-based: Dice + BCE)" if cfg.get("region_based") else "")
                    + f", {_plain(cfg.get('optimizer') or 'adamw')} lr {_plain(cfg.get('lr'))} (weight decay "
@@ -334,10 +335,17 @@ def _results_table(folder: Folder) -> Table:
     return table
 
 
+def _label(row: Mapping[str, Any], column: str, before: str = "") -> list[Part]:
+    """A text column of the comparison (what the costs were measured on); nothing where the CSV has none."""
+    return [before, Text(column, row[column])] if _plain(row.get(column)) else []
+
+
 def _efficiency_table(folder: Folder) -> Table:
     table = Table("efficiency", "Efficiency per model", [
         "model", "parameters (M)", "GFLOPs (patch, batch 1)", "PAM train (MB)", "PAM inference (MB)",
-        "latency (ms)", "optimizer steps per unit", "Pareto front (params / FLOPs / latency / PAM)", "notes"],
+        "latency (ms)", "optimizer steps per unit", "training (h)", "training (s per 1,000 steps)",
+        "peak training memory (GB; reserved)", "inference (s per test case)", "costs measured on",
+        "Pareto front (params / FLOPs / latency / PAM)", "notes"],
         src=COMPARISON_CSV)
     notes: dict[str, str] = {}
     if "efficiency_notes" in folder.results.columns:
@@ -352,9 +360,17 @@ def _efficiency_table(folder: Folder) -> Table:
             [Text("model", row["model"])], _mean_std(row, "params", ".3f", 1e6), _mean_std(row, "flops", ".2f", 1e9),
             _mean_std(row, "pam_train_mb", ".0f"), _mean_std(row, "pam_inference_mb", ".0f"),
             _mean_std(row, "latency_ms", ".1f"), [_num(row, "total_steps_mean", ".0f")],
+            _mean_std(row, "train_time_h", ".3f"), _mean_std(row, "train_s_per_1k_steps", ".1f"),
+            [*_mean_std(row, "train_peak_mem_gb", ".2f"), "; ", *_mean_std(row, "train_peak_mem_reserved_gb", ".2f"),
+             *_label(row, "train_peak_mem_kind", " ")],
+            _mean_std(row, "inference_s_per_case", ".2f"), _label(row, "cost_hardware"),
             flags, [notes.get(str(row["model"]), "")]]))
     table.note = ("FLOPs: 2 x thop's multiply-accumulates for one patch; PAM: peak CUDA memory above the resident "
-                  "(GPU only); latency: one inference forward at batch 1; mean ± std over seeds/folds")
+                  "(GPU only); latency: one inference forward at batch 1; training time: the unit's epochs "
+                  "(training passes and validation, every session of a resumed unit); peak training memory: CUDA "
+                  "max_memory_allocated; max_memory_reserved (cuda), or on the CPU the training process's peak "
+                  "resident set (cpu_rss; no reserved figure), max over ranks; inference: the test's prediction of "
+                  "one whole case; mean ± std over seeds/folds")
     return table
 
 
