@@ -1,8 +1,8 @@
 """The baselines built by MONAI (models/monai_baselines.py) and the cost columns of a unit (experiment/run_folder.py).
 
 - MedNeXt's built parameter counts against the paper's (kernel 3), and its deep-supervision outputs;
-- each new family (MedNeXt, SegResNet, SwinUNETR-V2) trained for one epoch of one step through the command line
-  in 2D and in 3D (the three models in one run per dimension), then ``predict.py`` on each checkpoint;
+- each new family (MedNeXt, SegResNet, SwinUNETR-V2, MONAI's DynUNet at nnU-Net's settings) trained for one epoch
+  in 2D and in 3D (the four models in one run per dimension), then ``predict.py`` on each checkpoint;
 - the cost columns: present and positive in integrated_experiment_results.csv, model_comparison.csv and the
   report's efficiency table (every number equal to its CSV cell), and a resumed unit's training time the sum over
   its sessions.
@@ -35,7 +35,7 @@ from training import trainer as training
 
 SHAPE = (64, 64, 32)  # --synthetic_shape X Y Z: volumes (Z, Y, X) = (32, 64, 64)
 PATCH = {"3d": ["32", "32", "64"], "2d": ["32", "64"]}  # SwinUNETR-V2 needs 32 | every axis and 64 on one
-FAMILY_MODELS = ["mednext_s_k3", "segresnet_16", "swin_unetr_v2"]  # one model of each new family
+FAMILY_MODELS = ["mednext_s_k3", "segresnet_16", "swin_unetr_v2", "dynunet"]  # one model of each new family
 # The paper gives one decimal (rounding: +-0.05M) and not the input and output channels of its count; the
 # counts built here (4 modalities in, 4 classes out) must agree within 0.1M.
 MEDNEXT_TOLERANCE = 0.1e6

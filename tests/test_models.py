@@ -7,7 +7,9 @@ The rule that keeps this whole file under ~90 s on 2 cores with ~85 models:
   the factory's own up-front checks decide what is valid.
 - Full check, in train mode with batch 2: output ``(2, 4, *patch)`` for input
   ``(2, len(spec.modalities), *patch)``, finite, and every parameter gets a non-None finite
-  gradient from ``output.mean().backward()``. Applies to the ``xs`` size of each sized family and
+  gradient from ``output.mean().backward()`` (a model with output heads at several scales is built with
+  deep supervision and the means of all its outputs are summed, so every head is checked).
+  Applies to the ``xs`` size of each sized family and
   to every model that has one size only, in each of its dims, except the pairs in ``HEAVY``.
 - Light check, in eval mode under ``torch.no_grad`` with batch 1: construction, output shape,
   finite. Applies to size ``s`` (the code of ``xs`` with wider channels) and to the pairs in
@@ -63,12 +65,12 @@ def _check_mode(name: str, dim: str) -> str:
     return "eval" if sized or (name, dim) in HEAVY else "full"
 
 
-def build_smallest(name: str, dim: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
+def build_smallest(name: str, dim: str, deep_supervision: bool = False) -> tuple[torch.nn.Module, tuple[int, ...]]:
     """The model built at the first candidate patch that its factory accepts."""
     errors = []
     for patch in CANDIDATES[dim]:
         try:
-            return create_model(name, dim, patch), patch
+            return create_model(name, dim, patch, deep_supervision=deep_supervision), patch
         except ValueError as err:
             errors.append(str(err))
     raise AssertionError(f"{name} ({dim}) accepts none of {CANDIDATES[dim]}; last error: {errors[-1]}")
@@ -79,11 +81,20 @@ def check_model(name: str, dim: str, mode: str) -> None:
     spec = model_spec(name)
     full = mode == "full"
     batch = 2 if full else 1
+    # a model with output heads at several scales is trained with all of them (deep supervision), so that every
+    # head is checked for gradients (nnU-Net's networks always have them; without deep supervision they are unused)
+    heads = full and spec.deep_supervision
     with torch.device("meta" if mode == "meta" else "cpu"):
-        model, patch = build_smallest(name, dim)
+        model, patch = build_smallest(name, dim, deep_supervision=heads)
         x = torch.randn(batch, len(spec.modalities), *patch)
         if full:
-            out = model.train()(x)
+            outs = model.train()(x)
+            if heads:
+                assert isinstance(outs, list) and len(outs) >= 2, f"{name} ({dim}): deep supervision gives {type(outs)}"
+                assert all(o.shape[:2] == (batch, 4) for o in outs[1:]), [tuple(o.shape) for o in outs]
+            else:
+                outs = [outs]
+            out = outs[0]
         else:
             with torch.no_grad():
                 out = model.eval()(x)
@@ -95,7 +106,7 @@ def check_model(name: str, dim: str, mode: str) -> None:
     if not full:
         return
 
-    out.mean().backward()
+    sum(o.mean() for o in outs).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None]
     not_finite = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
     assert not no_grad, f"{name} ({dim}): parameters without gradient: {no_grad}"
