@@ -5,18 +5,18 @@ and Grad-CAM all use it, so a prediction is made one way everywhere (in the spir
 ``nnUNetPredictor`` and MONAI's ``SlidingWindowInferer``):
 
     settings = InferenceSettings.from_config(cfg, device)            # dim, ROI, overlap, windows per forward,
-                                                                      # blending, precision, compile, mirroring
+                                                                      # blending (--blending), precision, compile
     predictor = Predictor.from_checkpoints([ckpt_a, ckpt_b], settings)   # an ensemble (or .from_model(model))
     labels, probs = predictor.predict(cache.image(case_id), probabilities=True)
 
 The input is a preprocessed volume in the canonical modality order (``(4, Z, Y, X)``, as the cache and
 :func:`brats_data.preprocess_case` give it); each member reads its own modalities from it. 3D models
-run a sliding window (MONAI's ``sliding_window_inference``, cosine blending by default); 2D models run
-the same window over batches of axial slices. One member without mirroring is labelled by the argmax
-of its logits; an ensemble and/or test-time mirroring by the argmax of the softmax averaged over every
-member and mirrored input; region-based members (``--region_based``) by painting their sigmoid regions (> 0.5)
-in the scheme's ``region_order``. :meth:`Predictor.postprocess` (the post-processing hook: the rule chosen with
-``--postprocess``, else none) is applied to every label map.
+run a sliding window (MONAI's ``sliding_window_inference``, cosine blending by default; ``--blending nnunet``:
+nnU-Net v2's, :func:`nnunet_sliding_window`); 2D models run the same window over batches of axial slices. One
+member without mirroring is labelled by the argmax of its logits; an ensemble and/or test-time mirroring by the argmax
+of the softmax averaged over every member and mirrored input; region-based members (``--region_based``) by painting
+their sigmoid regions (> 0.5) in the scheme's ``region_order``. :meth:`Predictor.postprocess` (the post-processing
+hook: the rule chosen with ``--postprocess``, else none) is applied to every label map.
 
 :func:`model_from_checkpoint` is the one place a network is built from a checkpoint;
 ``utils.checkpoint.unwrap_model`` the one way to take DDP and ``torch.compile`` wrappers off a module.
@@ -192,11 +192,13 @@ class InferenceSettings:
 
     @classmethod
     def from_config(cls, cfg: Any, device: torch.device, *, overlap: float | None = None,
-                    sw_batch_size: int | None = None, mirror: bool = False) -> InferenceSettings:
-        """The run's settings (``cfg``: ExperimentConfig) on ``device``; ``overlap``/``sw_batch_size`` override."""
+                    sw_batch_size: int | None = None, mirror: bool = False, blending: str | None = None
+                    ) -> InferenceSettings:
+        """The run's settings (``cfg``: ExperimentConfig, its ``--blending`` included) on ``device``;
+        ``overlap``/``sw_batch_size``/``blending`` override."""
         return cls(cfg.dim, tuple(cfg.spatial_patch), cfg.overlap if overlap is None else overlap,
                    sw_batch_size or cfg.resolved_sw_batch_size(), cfg.resolved_amp(device), device, cfg.compile,
-                   mirror)
+                   mirror, blending or cfg.blending)
 
     def with_(self, **changes: Any) -> InferenceSettings:
         return replace(self, **changes)
