@@ -278,3 +278,27 @@ def test_predict_py_passes_its_blending_override(monkeypatch, tmp_path):
     assert seen == [None, "nnunet"]  # None: the run's --blending
     with pytest.raises(SystemExit):
         predict.main(common + ["--blending", "linear"])
+
+
+def test_nnunet_window_batches_a_tiles_mirrorings():
+    """A tile's mirrored copies go through the network together, ``sw_batch_size`` samples per forward (on the CPU
+    at least 2: torch's single-sample 3D convolution is its slow path); the result is the mean over mirrorings."""
+    from inference.predictor import _forward_plan, mirror_axes, nnunet_sliding_window
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert _forward_plan(1, 8, 1, cpu) == (1, 2) and _forward_plan(1, 8, 1, cuda) == (1, 1)
+    assert _forward_plan(1, 8, 4, cpu) == (1, 4) and _forward_plan(1, 8, 16, cpu) == (2, 8)
+    assert _forward_plan(1, 1, 1, cpu) == (2, 1) and _forward_plan(140, 4, 64, cpu) == (1, 1)  # 2D: Z slices a tile
+    torch.manual_seed(0)
+    conv = nn.Conv3d(2, 3, 3, padding=1).eval()
+    sizes = []
+    conv.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
+    flips = [tuple(a - 1 for a in axes) for axes in mirror_axes("3d")]  # spatial axes, 0-based
+    x = torch.randn(1, 2, 8, 10, 6)
+    with torch.no_grad():  # one tile (the image is the tile): the mean over the mirrorings
+        expected = sum(conv(x.flip([a + 2 for a in f])).flip([a + 2 for a in f]) for f in flips) / len(flips)
+    for sw_batch_size, batch in ((1, 2), (4, 4), (8, 8)):
+        sizes.clear()
+        out = nnunet_sliding_window(conv, x, (8, 10, 6), sw_batch_size=sw_batch_size, mirror=flips)
+        assert sizes == [batch] * (8 // batch)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
