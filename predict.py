@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 from brats_data import BadCaseError
 from inference.export import predict_folder
+from inference.predictor import BLENDINGS
 from utils.checkpoint import CheckpointError
 from utils.errors import first_line
 
@@ -43,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="also write {case_id}.npz: float16 class probabilities on the input's grid")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap (default: the run's)")
     p.add_argument("--sw_batch_size", type=int, default=None, help="windows per forward (default: the run's)")
+    p.add_argument("--blending", default=None, choices=BLENDINGS,
+                   help="how overlapping windows are weighed (default: the run's --blending)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--overwrite", action="store_true", help="replace predictions already in --output")
     p.add_argument("--no_postprocess", action="store_true", help="do not apply the checkpoints' post-processing rule "
@@ -52,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary = predict_folder(
             args.run_dir, args.input, args.output, models=args.models, seeds=args.seeds, folds=args.folds,
             tta=args.tta, save_probabilities=args.save_probabilities, overlap=args.overlap,
-            sw_batch_size=args.sw_batch_size, device=args.device, overwrite=args.overwrite,
+            sw_batch_size=args.sw_batch_size, blending=args.blending, device=args.device, overwrite=args.overwrite,
             postprocess=not args.no_postprocess)
     except (BadCaseError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {first_line(exc)}", file=sys.stderr)

@@ -45,6 +45,7 @@ RECIPE_NAMES = ("nnunet",)
 OPTIMIZERS = ("adamw", "sgd")
 AUGMENTATIONS = ("flips", "nnunet")
 SAMPLINGS = ("nnunet", "voxel")  # brats_data.datasets.SAMPLINGS
+BLENDINGS = ("cosine", "gaussian", "constant", "nnunet")  # inference.predictor.BLENDINGS
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 1e-2}
 DEFAULT_WEIGHT_DECAY = {"adamw": 1e-5, "sgd": 3e-5}
 N_FOLDS = 5  # --use_5fold
@@ -191,6 +192,11 @@ class ExperimentConfig:
                                    "(2D uses the last two)", group="training", type=int, nargs="+",
                                    default_factory=lambda: [128, 128, 128])
     overlap: float = option(0.1, "sliding-window overlap", group="training")
+    blending: str = option("cosine", "how the sliding window weighs overlapping windows wherever the run predicts "
+                           "(validation, test, export, predict.py): cosine: the suite's raised-cosine window; "
+                           "gaussian, constant: MONAI's modes; nnunet: nnU-Net v2's nnUNetPredictor (its tile "
+                           "positions at step 1 - overlap, its Gaussian, logits averaged over members and "
+                           "mirrorings before the softmax)", group="training", choices=BLENDINGS)
     sw_batch_size: int | None = option(None, "windows (3D) or axial slices (2D) per inference forward "
                                        "(default 4 in 3D, 64 in 2D)", group="training", type=int)
     iters_per_epoch: int | None = option(None, "optimizer steps per epoch, whatever the number of processes "
@@ -275,7 +281,7 @@ class ExperimentConfig:
         choices = {"dataset_version": DATASET_VERSIONS, "loss": LOSSES, "amp": AMP_MODES,
                    "sharing_strategy": ("file_descriptor", "file_system"), "synthetic_task": SYNTHETIC_TASKS,
                    "optimizer": OPTIMIZERS, "augmentation": AUGMENTATIONS, "tracker": TRACKERS,
-                   "sampling": SAMPLINGS}
+                   "sampling": SAMPLINGS, "blending": BLENDINGS}
         if self.recipe is not None and self.recipe not in RECIPE_NAMES:
             raise ValueError(f"--recipe must be one of {', '.join(RECIPE_NAMES)}, got {self.recipe!r}")
         for name, allowed in choices.items():
@@ -394,7 +400,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "nnunet": {
         "dim": "3d", "models": ["nnunet"], "optimizer": "sgd", "epochs": 1000, "iters_per_epoch": 250,
         "augmentation": "nnunet", "deep_supervision": MODELS_WITH_DS, "loss": "nnunet_v2", "postprocess": True,
-        "overlap": 0.5, "grad_clip": 12.0,
+        "overlap": 0.5, "blending": "nnunet", "grad_clip": 12.0,
         "region_based": NESTED_REGIONS,
         "3d": {"patch_size": [112, 160, 128], "batch_size": 2, "batch_dice": False},
         "2d": {"patch_size": [192, 160], "batch_size": 105, "batch_dice": True},
@@ -578,6 +584,7 @@ def load_run_config(run_dir: str | Path, **overrides: Any) -> ExperimentConfig:
         raise FileNotFoundError(f"{run_dir}: no {CONFIG_JSON} there; is it a run folder?")
     saved = read_json(path)["config"]
     saved.setdefault("sampling", "voxel")  # runs made before --sampling sampled so
+    saved.setdefault("blending", "cosine")  # and runs made before --blending predicted so
     unknown = sorted(set(overrides) - set(RUNTIME_FIELDS))
     if unknown:
         raise ValueError(f"cannot override {', '.join(unknown)} of the run in {run_dir}: it defines the experiment "

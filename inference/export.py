@@ -142,8 +142,9 @@ class PredictionSummary:
 def predict_folder(run_dir: str | Path | Sequence[str | Path], input_dir: str | Path, output_dir: str | Path, *,
                    models: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                    folds: Sequence[int] | None = None, tta: bool = False, save_probabilities: bool = False,
-                   overlap: float | None = None, sw_batch_size: int | None = None, device: str = "auto",
-                   overwrite: bool = False, progress: bool = True, postprocess: bool = True) -> PredictionSummary:
+                   overlap: float | None = None, sw_batch_size: int | None = None, blending: str | None = None,
+                   device: str = "auto", overwrite: bool = False, progress: bool = True, postprocess: bool = True
+                   ) -> PredictionSummary:
     """Segment every case of ``input_dir`` with the ensemble of the chosen best checkpoints of ``run_dir`` (one
     run folder, or several of one experiment): ``OUT/{case_id}.nii.gz`` (and ``OUT/{case_id}.npz`` with
     ``save_probabilities``).
@@ -170,7 +171,7 @@ def predict_folder(run_dir: str | Path | Sequence[str | Path], input_dir: str | 
         raise ValueError(str(exc)) from None
     try:
         settings = InferenceSettings.from_config(cfg, ctx.device, overlap=overlap, sw_batch_size=sw_batch_size,
-                                                 mirror=tta)
+                                                 mirror=tta, blending=blending)
         dataset = cfg.dataset_def()
         cases = find_input_cases(input_dir, prefer=dataset)
         paths = select_checkpoints([run for run, _ in opened], models, seeds, folds)

@@ -5,18 +5,18 @@ and Grad-CAM all use it, so a prediction is made one way everywhere (in the spir
 ``nnUNetPredictor`` and MONAI's ``SlidingWindowInferer``):
 
     settings = InferenceSettings.from_config(cfg, device)            # dim, ROI, overlap, windows per forward,
-                                                                      # blending, precision, compile, mirroring
+                                                                      # blending (--blending), precision, compile
     predictor = Predictor.from_checkpoints([ckpt_a, ckpt_b], settings)   # an ensemble (or .from_model(model))
     labels, probs = predictor.predict(cache.image(case_id), probabilities=True)
 
 The input is a preprocessed volume in the canonical modality order (``(4, Z, Y, X)``, as the cache and
 :func:`brats_data.preprocess_case` give it); each member reads its own modalities from it. 3D models
-run a sliding window (MONAI's ``sliding_window_inference``, cosine blending by default); 2D models run
-the same window over batches of axial slices. One member without mirroring is labelled by the argmax
-of its logits; an ensemble and/or test-time mirroring by the argmax of the softmax averaged over every
-member and mirrored input; region-based members (``--region_based``) by painting their sigmoid regions (> 0.5)
-in the scheme's ``region_order``. :meth:`Predictor.postprocess` (the post-processing hook: the rule chosen with
-``--postprocess``, else none) is applied to every label map.
+run a sliding window (MONAI's ``sliding_window_inference``, cosine blending by default; ``--blending nnunet``:
+nnU-Net v2's, :func:`nnunet_sliding_window`); 2D models run the same window over batches of axial slices. One
+member without mirroring is labelled by the argmax of its logits; an ensemble and/or test-time mirroring by the argmax
+of the softmax averaged over every member and mirrored input; region-based members (``--region_based``) by painting
+their sigmoid regions (> 0.5) in the scheme's ``region_order``. :meth:`Predictor.postprocess` (the post-processing
+hook: the rule chosen with ``--postprocess``, else none) is applied to every label map.
 
 :func:`model_from_checkpoint` is the one place a network is built from a checkpoint;
 ``utils.checkpoint.unwrap_model`` the one way to take DDP and ``torch.compile`` wrappers off a module.
@@ -112,13 +112,44 @@ def nnunet_steps(size: int, tile: int, step: float) -> list[int]:
     return [int(np.round(stride * i)) for i in range(n)]
 
 
+def _forward_plan(samples_per_tile: int, n_mirror: int, sw_batch_size: int, device: torch.device
+                  ) -> tuple[int, int]:
+    """(tiles, mirrorings) per forward of :func:`nnunet_sliding_window`: ``sw_batch_size`` network samples (a tile's
+    ``samples_per_tile`` times its mirrorings), whole tiles with all their mirrorings where they fit, else one tile
+    with as many mirrorings as fit; on the CPU at least 2 samples, as torch's CPU convolution runs a single sample
+    (3x3x3 kernels, few channels) on its slow im2col path and two or more on oneDNN, about 4x faster per sample."""
+    limit = max(sw_batch_size, 2 if device.type == "cpu" else 1)
+    tiles = max(1, limit // (samples_per_tile * n_mirror))
+    return tiles, max(1, min(n_mirror, limit // (samples_per_tile * tiles)))
+
+
+def _mirrored_logits(model: nn.Module, x: torch.Tensor, mirror: Sequence[tuple[int, ...]], per_forward: int
+                     ) -> torch.Tensor:
+    """The sum over ``mirror`` (flips of the spatial axes, 0-based) of the logits of ``x`` (N, C, *tile), flipped
+    back, float32; ``per_forward`` mirrored copies of ``x`` go through the network together."""
+    total = None
+    for first in range(0, len(mirror), per_forward):
+        dims = [[a + 2 for a in axes] for axes in mirror[first:first + per_forward]]
+        y = model(torch.cat([x.flip(d) if d else x for d in dims]) if len(dims) > 1 else
+                  (x.flip(dims[0]) if dims[0] else x)).float()
+        for k, d in enumerate(dims):
+            part = y[k * len(x):(k + 1) * len(x)]
+            if total is None:
+                total = part.flip(d) if d else part.clone()  # a tensor of its own, to add into
+            else:
+                total.add_(part.flip(d) if d else part)
+    return total
+
+
 def nnunet_sliding_window(model: nn.Module, image: torch.Tensor, roi_size: Sequence[int], step: float = 0.5,
                           sw_batch_size: int = 2, amp: str = "none", mirror: Sequence[tuple[int, ...]] = ((),),
                           weight: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of ``image`` (B, C, *spatial) as nnU-Net v2's ``predict_sliding_window_return_logits``: zero-padded
     (centred) to the tile where smaller, tiles at :func:`nnunet_steps`, each tile's logits averaged over the
     ``mirror`` flips of its spatial axes (0-based; ``()`` the identity) and weighted by :func:`nnunet_gaussian`, the
-    weighted sum divided by the summed weights; float32 throughout (nnU-Net accumulates in float16)."""
+    weighted sum divided by the summed weights; float32 throughout (nnU-Net accumulates in float16). A tile's
+    mirrored copies go through the network together, ``sw_batch_size`` samples per forward (:func:`_forward_plan`;
+    nnU-Net runs one sample per forward)."""
     roi = tuple(int(r) for r in roi_size)
     spatial = tuple(image.shape[2:])
     pad = [max(r - s, 0) for r, s in zip(roi, spatial)]
@@ -129,27 +160,22 @@ def nnunet_sliding_window(model: nn.Module, image: torch.Tensor, roi_size: Seque
         image = torch.nn.functional.pad(image, flat)
     size = tuple(image.shape[2:])
     weight = (nnunet_gaussian(roi) if weight is None else weight).to(image.device)
+    scaled = weight / len(mirror)  # the mean over the mirrorings and the tile weight in one product
     starts = list(itertools.product(*[nnunet_steps(s, r, step) for s, r in zip(size, roi)]))
     batch = image.shape[0]
-    per_forward = max(1, sw_batch_size // batch)
+    tiles, flips = _forward_plan(batch, len(mirror), sw_batch_size, image.device)
     logits = counts = None
     with torch.no_grad(), autocast_context(image.device, amp)():
-        for first in range(0, len(starts), per_forward):
-            group = starts[first:first + per_forward]
-            boxes = [(slice(None), slice(None), *[slice(a, a + r) for a, r in zip(corner, roi)]) for corner in group]
-            x = torch.cat([image[box] for box in boxes])
-            out = None
-            for axes in mirror:
-                dims = [a + 2 for a in axes]
-                y = model(x.flip(dims) if dims else x).float()
-                y = y.flip(dims) if dims else y
-                out = y if out is None else out.add_(y)
-            out = out / len(mirror)
+        for first in range(0, len(starts), tiles):
+            boxes = [(slice(None), slice(None), *[slice(a, a + r) for a, r in zip(corner, roi)])
+                     for corner in starts[first:first + tiles]]
+            x = torch.cat([image[box] for box in boxes]) if len(boxes) > 1 else image[boxes[0]]
+            out = _mirrored_logits(model, x, mirror, flips)
             if logits is None:
                 logits = torch.zeros((batch, out.shape[1], *size), dtype=torch.float32, device=image.device)
                 counts = torch.zeros(size, dtype=torch.float32, device=image.device)
             for k, box in enumerate(boxes):
-                logits[box] += out[k * batch:(k + 1) * batch] * weight
+                logits[box].addcmul_(out[k * batch:(k + 1) * batch], scaled)
                 counts[box[2:]] += weight
     logits /= counts
     if any(pad):
@@ -192,11 +218,13 @@ class InferenceSettings:
 
     @classmethod
     def from_config(cls, cfg: Any, device: torch.device, *, overlap: float | None = None,
-                    sw_batch_size: int | None = None, mirror: bool = False) -> InferenceSettings:
-        """The run's settings (``cfg``: ExperimentConfig) on ``device``; ``overlap``/``sw_batch_size`` override."""
+                    sw_batch_size: int | None = None, mirror: bool = False, blending: str | None = None
+                    ) -> InferenceSettings:
+        """The run's settings (``cfg``: ExperimentConfig, its ``--blending`` included) on ``device``;
+        ``overlap``/``sw_batch_size``/``blending`` override."""
         return cls(cfg.dim, tuple(cfg.spatial_patch), cfg.overlap if overlap is None else overlap,
                    sw_batch_size or cfg.resolved_sw_batch_size(), cfg.resolved_amp(device), device, cfg.compile,
-                   mirror)
+                   mirror, blending or cfg.blending)
 
     def with_(self, **changes: Any) -> InferenceSettings:
         return replace(self, **changes)

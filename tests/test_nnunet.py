@@ -163,6 +163,9 @@ def test_recipe_sets_nnunets_trainer_and_flags_given_win():
     assert cfg.deep_supervision and cfg.region_based and cfg.postprocess and not cfg.batch_dice
     assert cfg.patch_size == RECIPES["nnunet"]["3d"]["patch_size"] and cfg.batch_size == 2
     assert cfg.to_dict()["recipe"] == "nnunet"
+    assert (cfg.overlap, cfg.blending) == (0.5, "nnunet")  # nnUNetPredictor's sliding window, wherever the run predicts
+    given = _config(["--dataset_version", "synthetic", "--recipe", "nnunet", "--blending", "cosine"])
+    assert given.blending == "cosine"
     # a flag given with the recipe's own default value still counts as given
     cfg = _config(["--dataset_version", "synthetic", "--recipe", "nnunet", "--epochs", "10", "--optimizer", "adamw",
                    "--models", "unet3d_xs", "--dim", "2d", "--use_standard_loss", "--batch_size", "1"])

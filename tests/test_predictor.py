@@ -213,3 +213,92 @@ def test_blending_modes_match_monais_sliding_window_and_differ_where_windows_ove
         np.testing.assert_array_equal(labels[blending], reference.argmax(0).numpy())
     for a, b in (("gaussian", "constant"), ("cosine", "constant"), ("cosine", "gaussian")):
         assert (labels[a] != labels[b]).sum() >= 20, (a, b, int((labels[a] != labels[b]).sum()))
+
+
+class OneCaseCache:
+    """What the scoring reads of a preprocessed cache, for one case: its image, label and spacing."""
+
+    def __init__(self, image: np.ndarray, label: np.ndarray) -> None:
+        self._image, self._label = image, label
+
+    def image(self, case_id: str) -> np.ndarray:
+        return self._image
+
+    def label(self, case_id: str) -> np.ndarray:
+        return self._label
+
+    def spacing(self, case_id: str) -> tuple[float, float, float]:
+        return (1.0, 1.0, 1.0)
+
+
+def test_the_runs_blending_reaches_its_predictor(case, monkeypatch):
+    """``--blending`` (config.json) is the settings of every prediction of a run: from_config carries it (an
+    override wins), and a test evaluation of a checkpoint predicts as Predictor(blending="nnunet") itself."""
+    from evaluation.scoring import evaluate_checkpoint
+    from experiment.config import BLENDINGS, ExperimentConfig
+    from inference import predictor as predictor_module
+
+    assert BLENDINGS == predictor_module.BLENDINGS
+    patch = (32, 16, 16)
+    cfg = ExperimentConfig(dataset_version="synthetic", dim="3d", models=["unet3d_xs"], patch_size=list(patch),
+                           overlap=0.5, sw_batch_size=2, blending="nnunet")
+    cpu = torch.device("cpu")
+    assert InferenceSettings.from_config(cfg, cpu).blending == "nnunet"
+    assert InferenceSettings.from_config(cfg, cpu, blending="gaussian").blending == "gaussian"
+    assert InferenceSettings.from_config(ExperimentConfig(dim="3d"), cpu).blending == "cosine"  # the default
+    torch.manual_seed(0)
+    checkpoint = {"model_name": "unet3d_xs", "state_dict": get_model("unet3d_xs", "3d", patch).state_dict()}
+    used, build = [], Predictor.from_checkpoints.__func__
+
+    def spy(cls, checkpoints, settings, *args, **kwargs):
+        used.append(settings)
+        return build(cls, checkpoints, settings, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "from_checkpoints", classmethod(spy))
+    noise, label = case
+    result = evaluate_checkpoint(checkpoint, cfg, OneCaseCache(noise, label), ["c0"], cpu, keep_first_prediction=True)
+    settings = InferenceSettings("3d", patch, overlap=0.5, sw_batch_size=2, blending="nnunet")
+    assert used == [settings]
+    direct = Predictor.from_checkpoints([checkpoint], settings).labels(noise)
+    np.testing.assert_array_equal(result.first_prediction[1], direct)
+
+
+def test_predict_py_passes_its_blending_override(monkeypatch, tmp_path):
+    import predict
+
+    seen = []
+
+    def fake_predict_folder(*args, **kwargs):
+        seen.append(kwargs["blending"])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(predict, "predict_folder", fake_predict_folder)
+    common = ["--run_dir", str(tmp_path), "--input", str(tmp_path), "--output", str(tmp_path / "out")]
+    assert predict.main(common) == 2 and predict.main(common + ["--blending", "nnunet"]) == 2
+    assert seen == [None, "nnunet"]  # None: the run's --blending
+    with pytest.raises(SystemExit):
+        predict.main(common + ["--blending", "linear"])
+
+
+def test_nnunet_window_batches_a_tiles_mirrorings():
+    """A tile's mirrored copies go through the network together, ``sw_batch_size`` samples per forward (on the CPU
+    at least 2: torch's single-sample 3D convolution is its slow path); the result is the mean over mirrorings."""
+    from inference.predictor import _forward_plan, mirror_axes, nnunet_sliding_window
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert _forward_plan(1, 8, 1, cpu) == (1, 2) and _forward_plan(1, 8, 1, cuda) == (1, 1)
+    assert _forward_plan(1, 8, 4, cpu) == (1, 4) and _forward_plan(1, 8, 16, cpu) == (2, 8)
+    assert _forward_plan(1, 1, 1, cpu) == (2, 1) and _forward_plan(140, 4, 64, cpu) == (1, 1)  # 2D: Z slices a tile
+    torch.manual_seed(0)
+    conv = nn.Conv3d(2, 3, 3, padding=1).eval()
+    sizes = []
+    conv.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
+    flips = [tuple(a - 1 for a in axes) for axes in mirror_axes("3d")]  # spatial axes, 0-based
+    x = torch.randn(1, 2, 8, 10, 6)
+    with torch.no_grad():  # one tile (the image is the tile): the mean over the mirrorings
+        expected = sum(conv(x.flip([a + 2 for a in f])).flip([a + 2 for a in f]) for f in flips) / len(flips)
+    for sw_batch_size, batch in ((1, 2), (4, 4), (8, 8)):
+        sizes.clear()
+        out = nnunet_sliding_window(conv, x, (8, 10, 6), sw_batch_size=sw_batch_size, mirror=flips)
+        assert sizes == [batch] * (8 // batch)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

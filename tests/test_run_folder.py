@@ -79,6 +79,20 @@ def test_config_round_trips_through_config_json(tmp_path):
     assert loaded.spatial_patch == (32, 32, 32)
 
 
+def test_blending_round_trips_and_older_runs_keep_the_cosine_window(tmp_path):
+    cfg = _saved_run(tmp_path, blending="nnunet")
+    assert load_run_config(tmp_path) == cfg and load_run_config(tmp_path).blending == "nnunet"
+    parser = integrated_experiment.build_parser()
+    assert integrated_experiment.config_from_args(parser.parse_args(["--blending", "gaussian"])).blending == "gaussian"
+    assert integrated_experiment.config_from_args(parser.parse_args([])).blending == "cosine"
+    record = json.loads((tmp_path / "config.json").read_text())
+    del record["config"]["blending"]  # a config.json written before --blending
+    (tmp_path / "config.json").write_text(json.dumps(record))
+    assert load_run_config(tmp_path).blending == "cosine"
+    with pytest.raises(ValueError, match="blending"):
+        ExperimentConfig(blending="linear")
+
+
 def test_overrides_change_runtime_fields_only(tmp_path):
     _saved_run(tmp_path)
     loaded = load_run_config(tmp_path, data_path="/new/data", num_workers=0, device="cpu", cache_dir=None)
