@@ -40,11 +40,23 @@ from functools import partial
 
 import numpy as np
 import torch.nn as nn
-from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
 from models.channel_configs import NNUNET_CONFIG, NNUNET_RESENC_PRESETS
 from models.registry import Published, register_model
 from utils.labels import MODALITIES
+
+DNA_INSTALL = "pip install --no-deps dynamic-network-architectures==0.4.4"
+
+
+def _dna_unets() -> tuple[type[nn.Module], type[nn.Module]]:
+    """dynamic-network-architectures' (PlainConvUNet, ResidualEncoderUNet), imported when a network is built, so that
+    the rest of the registry works without the package and its absence is one clear error naming the install."""
+    try:
+        from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+    except ImportError as err:
+        raise ImportError(f"nnU-Net's networks need dynamic-network-architectures ({err}); install it with: "
+                          f"{DNA_INSTALL}") from None
+    return PlainConvUNet, ResidualEncoderUNet
 
 ISOTROPIC_MM = 1.0  # the suite's data: BraTS is distributed at 1 mm isotropic and is not resampled
 
@@ -168,13 +180,13 @@ def _finish(net: nn.Module, deep_supervision: bool) -> nn.Module:
 
 def build_plain_unet(patch_size: Sequence[int], in_channels: int, out_channels: int, *,
                      spacing: Sequence[float] | None = None, deep_supervision: bool = False,
-                     name: str = "nnunet") -> PlainConvUNet:
+                     name: str = "nnunet") -> nn.Module:
     """nnU-Net's default network (``PlainConvUNet``) for ``patch_size`` at ``spacing``."""
     patch = tuple(int(p) for p in patch_size)
     topo = plan_topology(patch, spacing)
     _check_patch(name, patch, topo)
     n = topo.n_stages
-    net = PlainConvUNet(input_channels=in_channels, num_classes=out_channels,
+    net = _dna_unets()[0](input_channels=in_channels, num_classes=out_channels,
                         n_conv_per_stage=(NNUNET_CONFIG["plain_convs_per_stage"],) * n,
                         n_conv_per_stage_decoder=(NNUNET_CONFIG["plain_decoder_convs_per_stage"],) * (n - 1),
                         deep_supervision=True, **_common_kwargs(len(patch), topo))
@@ -183,7 +195,7 @@ def build_plain_unet(patch_size: Sequence[int], in_channels: int, out_channels: 
 
 def build_resenc_unet(patch_size: Sequence[int], in_channels: int, out_channels: int, *,
                       spacing: Sequence[float] | None = None, deep_supervision: bool = False,
-                      name: str = "nnunet_resenc") -> ResidualEncoderUNet:
+                      name: str = "nnunet_resenc") -> nn.Module:
     """nnU-Net's residual-encoder network (``ResidualEncoderUNet``, presets M/L/XL) for ``patch_size``."""
     patch = tuple(int(p) for p in patch_size)
     topo = plan_topology(patch, spacing)
@@ -193,7 +205,7 @@ def build_resenc_unet(patch_size: Sequence[int], in_channels: int, out_channels:
     if len(blocks) < n:
         raise ValueError(f"{name}: patch {patch} gives {n} stages; nnU-Net's ResEnc planner defines blocks for "
                          f"{len(NNUNET_CONFIG['resenc_blocks_per_stage'])} at most")
-    net = ResidualEncoderUNet(input_channels=in_channels, num_classes=out_channels, n_blocks_per_stage=blocks,
+    net = _dna_unets()[1](input_channels=in_channels, num_classes=out_channels, n_blocks_per_stage=blocks,
                               n_conv_per_stage_decoder=(NNUNET_CONFIG["resenc_decoder_convs_per_stage"],) * (n - 1),
                               deep_supervision=True, **_common_kwargs(len(patch), topo))
     return _finish(net, deep_supervision)
