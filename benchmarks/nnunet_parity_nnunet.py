@@ -10,8 +10,8 @@
 ``train``: one fold of ``splits_final.json`` (written by the caller) with ``nnUNetTrainer`` on the CPU, its budget
 cut to ``epochs`` x ``iters`` optimizer steps (``num_val_iterations_per_epoch`` ``val_iters``), then its final
 weights predict the test images with ``nnUNetPredictor`` (step 0.5, Gaussian, mirroring: nnU-Net's defaults) into
-NIfTI label maps, from the raw files. Prints the seconds of the training passes (loading and augmentation of each
-batch, forward, backward, step; not validation, plotting or checkpoints) and their number of steps.
+NIfTI label maps, from the raw files. Prints the seconds of each epoch's training pass (loading and augmentation of
+each batch, forward, backward, step; not validation, plotting or checkpoints) and its number of steps.
 
 Either way the last line printed is one JSON object.
 """
@@ -37,16 +37,13 @@ class TimedTrainer(nnUNetTrainer):
     ``on_train_epoch_start``, then ``next(dataloader)`` and ``train_step`` per iteration, then
     ``on_train_epoch_end``)."""
 
-    train_seconds = 0.0
-    steps = 0
-
     def on_train_epoch_start(self) -> None:
         super().on_train_epoch_start()
         self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self, train_outputs: list) -> None:
-        self.train_seconds += time.perf_counter() - self._t0
-        self.steps += len(train_outputs)
+        self.epoch_seconds.append(time.perf_counter() - self._t0)  # the clock stops before the epoch's logging
+        self.epoch_steps.append(len(train_outputs))
         super().on_train_epoch_end(train_outputs)
 
 
@@ -109,11 +106,12 @@ def train(args: dict) -> dict:
     trainer.num_epochs = args["epochs"]
     trainer.num_iterations_per_epoch = args["iters"]
     trainer.num_val_iterations_per_epoch = args["val_iters"]
+    trainer.epoch_seconds, trainer.epoch_steps = [], []
     t0 = time.perf_counter()
     trainer.run_training()  # ends with checkpoint_final.pth: the weights that predict below
     wall = time.perf_counter() - t0
     predict_s = predict(trainer, args["test_images"], args["out_dir"])
-    return {"train_seconds": trainer.train_seconds, "steps": trainer.steps, "run_training_s": wall,
+    return {"epoch_seconds": trainer.epoch_seconds, "epoch_steps": trainer.epoch_steps, "run_training_s": wall,
             "predict_s": predict_s, "batch_size": trainer.batch_size,
             "patch_size": [int(p) for p in trainer.configuration_manager.patch_size]}
 
