@@ -178,18 +178,25 @@ def _finish(net: nn.Module, deep_supervision: bool) -> nn.Module:
     return net
 
 
+def _planned(name: str, patch_size: Sequence[int], spacing: Sequence[float] | None) -> tuple[tuple[int, ...], Topology]:
+    """The patch as ints and nnU-Net's planned topology for it, refused when nnU-Net would pad the patch."""
+    patch = tuple(int(p) for p in patch_size)
+    topo = plan_topology(patch, spacing)
+    _check_patch(name, patch, topo)
+    return patch, topo
+
+
 def build_plain_unet(patch_size: Sequence[int], in_channels: int, out_channels: int, *,
                      spacing: Sequence[float] | None = None, deep_supervision: bool = False,
                      name: str = "nnunet") -> nn.Module:
     """nnU-Net's default network (``PlainConvUNet``) for ``patch_size`` at ``spacing``."""
-    patch = tuple(int(p) for p in patch_size)
-    topo = plan_topology(patch, spacing)
-    _check_patch(name, patch, topo)
+    patch, topo = _planned(name, patch_size, spacing)
     n = topo.n_stages
-    net = _dna_unets()[0](input_channels=in_channels, num_classes=out_channels,
-                        n_conv_per_stage=(NNUNET_CONFIG["plain_convs_per_stage"],) * n,
-                        n_conv_per_stage_decoder=(NNUNET_CONFIG["plain_decoder_convs_per_stage"],) * (n - 1),
-                        deep_supervision=True, **_common_kwargs(len(patch), topo))
+    plain_unet = _dna_unets()[0]
+    net = plain_unet(input_channels=in_channels, num_classes=out_channels,
+                     n_conv_per_stage=(NNUNET_CONFIG["plain_convs_per_stage"],) * n,
+                     n_conv_per_stage_decoder=(NNUNET_CONFIG["plain_decoder_convs_per_stage"],) * (n - 1),
+                     deep_supervision=True, **_common_kwargs(len(patch), topo))
     return _finish(net, deep_supervision)
 
 
@@ -197,17 +204,16 @@ def build_resenc_unet(patch_size: Sequence[int], in_channels: int, out_channels:
                       spacing: Sequence[float] | None = None, deep_supervision: bool = False,
                       name: str = "nnunet_resenc") -> nn.Module:
     """nnU-Net's residual-encoder network (``ResidualEncoderUNet``, presets M/L/XL) for ``patch_size``."""
-    patch = tuple(int(p) for p in patch_size)
-    topo = plan_topology(patch, spacing)
-    _check_patch(name, patch, topo)
+    patch, topo = _planned(name, patch_size, spacing)
     n = topo.n_stages
     blocks = NNUNET_CONFIG["resenc_blocks_per_stage"][:n]
     if len(blocks) < n:
         raise ValueError(f"{name}: patch {patch} gives {n} stages; nnU-Net's ResEnc planner defines blocks for "
                          f"{len(NNUNET_CONFIG['resenc_blocks_per_stage'])} at most")
-    net = _dna_unets()[1](input_channels=in_channels, num_classes=out_channels, n_blocks_per_stage=blocks,
-                              n_conv_per_stage_decoder=(NNUNET_CONFIG["resenc_decoder_convs_per_stage"],) * (n - 1),
-                              deep_supervision=True, **_common_kwargs(len(patch), topo))
+    resenc_unet = _dna_unets()[1]
+    net = resenc_unet(input_channels=in_channels, num_classes=out_channels, n_blocks_per_stage=blocks,
+                      n_conv_per_stage_decoder=(NNUNET_CONFIG["resenc_decoder_convs_per_stage"],) * (n - 1),
+                      deep_supervision=True, **_common_kwargs(len(patch), topo))
     return _finish(net, deep_supervision)
 
 
@@ -273,9 +279,7 @@ def _dynunet(dim: str, patch_size: Sequence[int], in_channels: int, out_channels
     """MONAI DynUNet with nnU-Net's planned kernels, strides and features for the patch at 1 mm."""
     from monai.networks.nets import DynUNet
 
-    patch = tuple(int(p) for p in patch_size)
-    topo = plan_topology(patch)
-    _check_patch("dynunet", patch, topo)
+    patch, topo = _planned("dynunet", patch_size, None)
     if topo.n_stages < 3:
         raise ValueError(f"dynunet: patch {patch} gives {topo.n_stages} stages; deep supervision needs at least 3")
     net = DynUNet(spatial_dims=len(patch), in_channels=in_channels, out_channels=out_channels,
